@@ -1,0 +1,43 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Each creates (or reuses) .venv and installs the package; `test` adds the dev extras.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test bench ablation docs lint install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade "pip>=23"
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[dev]"
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(PY) -m vlpkit demo
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed-dev
+	VLPKIT_BENCH_FULL=1 $(PY) -m pytest benchmarks -q
+
+docs: $(VENV)/.installed-dev
+	$(VENV)/bin/mkdocs build --strict
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check vlpkit tests benchmarks
+
+clean:
+	rm -rf $(VENV) site .pytest_cache .benchmarks

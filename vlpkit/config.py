@@ -1,0 +1,135 @@
+"""`E2EVLPConfig`: every hyper-parameter of an E2E-VLP model, serialisable to JSON.
+
+The paper's presets (Table 5) live in `vlpkit.presets`; `build_e2evlp` turns a config into a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+POSITION_EMBEDDINGS = ("sine", "learned")
+ACTIVATIONS = ("relu", "gelu")
+
+
+class ConfigError(ValueError):
+    """An unknown or invalid configuration field."""
+
+
+@dataclass
+class E2EVLPConfig:
+    """Hyper-parameters of E2E-VLP. Defaults follow the paper (6-layer encoder, ResNet-50, d=256).
+
+    Where the paper is ambiguous the choice is documented in docs/paper_fidelity.md: most notably
+    `num_heads=8` (the paper states 12 heads, which does not divide d=256).
+    """
+
+    # visual trunk
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None  # torchvision weights name ("IMAGENET1K_V1") or a local file; never downloaded in tests
+    trainable_backbone_layers: int = 3  # torchvision convention: layer2..layer4 train, stem + layer1 frozen
+    mask_backbone_padding: bool = True  # zero padded pixels before every conv: batch padding cannot change features
+    position_embedding: str = "sine"
+    # transformer
+    d_model: int = 256
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dim_feedforward: int = 1024
+    dropout: float = 0.1
+    activation: str = "relu"
+    layer_norm_eps: float = 1e-5
+    # text
+    vocab_size: int = 30522
+    max_text_length: int = 40
+    max_position_embeddings: int = 128
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    bos_token_id: int = 101  # caption decoding starts from [CLS] ...
+    eos_token_id: int = 102  # ... and ends at [SEP], so one WordPiece vocabulary serves both sides
+    share_word_embeddings: bool = True  # encoder and caption decoder share one token embedding matrix
+    # detection
+    num_queries: int = 100
+    num_classes: int = 1600  # Visual Genome objects during pretraining; COCO fine-tuning uses 91
+    num_attributes: int = 400  # 0 disables the attribute head
+    aux_loss: bool = True
+    init_std: float = 0.02
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, round-tripped untouched
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        check(self.backbone in BACKBONES, f"backbone={self.backbone!r}; expected one of {BACKBONES}")
+        check(self.position_embedding in POSITION_EMBEDDINGS,
+              f"position_embedding={self.position_embedding!r}; expected one of {POSITION_EMBEDDINGS}")
+        check(self.activation in ACTIVATIONS, f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
+        check(0 <= self.trainable_backbone_layers <= 5,
+              f"trainable_backbone_layers={self.trainable_backbone_layers}; expected 0..5")
+        check(self.d_model > 0 and self.num_heads > 0 and self.d_model % self.num_heads == 0,
+              f"d_model={self.d_model} is not divisible by num_heads={self.num_heads} "
+              "(the paper's 12 heads do not divide d=256; see docs/paper_fidelity.md)")
+        check(self.d_model % 2 == 0, f"d_model={self.d_model} must be even for 2D positional encodings")
+        for name in ("num_encoder_layers", "num_decoder_layers", "dim_feedforward", "vocab_size",
+                     "max_text_length", "num_queries", "num_classes", "max_position_embeddings"):
+            check(getattr(self, name) > 0, f"{name}={getattr(self, name)}; expected > 0")
+        check(self.num_attributes >= 0, f"num_attributes={self.num_attributes}; expected >= 0")
+        check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout}; expected in [0, 1)")
+        check(self.max_text_length <= self.max_position_embeddings,
+              f"max_text_length={self.max_text_length} exceeds max_position_embeddings={self.max_position_embeddings}")
+        for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id", "bos_token_id", "eos_token_id"):
+            tid = getattr(self, name)
+            check(0 <= tid < self.vocab_size, f"{name}={tid} is outside the vocabulary (vocab_size={self.vocab_size})")
+
+    # ---- construction helpers -------------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def replace(self, **overrides: Any) -> E2EVLPConfig:
+        """A copy with some fields changed; unknown names raise a `ConfigError` listing the valid ones."""
+        unknown = sorted(set(overrides) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {self.field_names()}")
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> E2EVLPConfig:
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {cls.field_names()}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> E2EVLPConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> E2EVLPConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (expected a JSON file written by E2EVLPConfig.save)")
+        try:
+            return cls.from_json(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON: {err}") from err

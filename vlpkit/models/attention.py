@@ -1,0 +1,70 @@
+"""Multi-head attention on `torch.nn.functional.scaled_dot_product_attention`, with separate key/value
+projection so that cached keys/values can be reused (cross-attention memory, incremental decoding).
+
+`nn.MultiheadAttention` is not used because it cannot return or accept projected keys/values, which the
+decoder needs to compute the memory's cross-attention keys/values once per image and to grow a self-attention
+cache token by token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KeyValue = tuple[torch.Tensor, torch.Tensor]  # ([B, heads, S, head_dim], [B, heads, S, head_dim])
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, S, d] -> [B, heads, S, head_dim]
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def project_kv(self, key: torch.Tensor, value: torch.Tensor) -> KeyValue:
+        """[B, S, d] keys (positions already added) and values -> per-head projected (k, v)."""
+        return self._split(self.k_proj(key)), self._split(self.v_proj(value))
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None, causal: bool = False,
+                kv: KeyValue | None = None, past_kv: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+        """
+        Args:
+            query: [B, T, d] (positions already added).
+            key, value: [B, S, d]; ignored when `kv` is given.
+            key_padding_mask: [B, S_total] bool, True on padded keys.
+            causal: query i attends to keys 0..(S_past + i) only.
+            kv: precomputed projected keys/values (e.g. the memory's, for cross-attention).
+            past_kv: cached projected keys/values of earlier steps, prepended to the new ones.
+        Returns:
+            output [B, T, d], and the (k, v) used (the grown cache, when `past_kv` is given).
+        """
+        if kv is None:
+            kv = self.project_kv(key, value)
+        k, v = kv
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+        q = self._split(self.q_proj(query))
+        t, s = q.shape[2], k.shape[2]
+        mask = None
+        if key_padding_mask is not None:
+            mask = ~key_padding_mask[:, None, None, :]  # SDPA's boolean masks mark keys that take part
+        if causal and t > 1:
+            allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)
+            mask = allowed if mask is None else mask & allowed
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2)), (k, v)

@@ -1,0 +1,143 @@
+"""Grid feature extractor: a torchvision ResNet trunk with frozen BatchNorm, then a 1x1 conv to d_model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+_TRUNK_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")  # "conv1" stands for the whole stem (conv1 + bn1)
+
+
+def valid_sizes_at_stride(pixel_mask: torch.Tensor, num_halvings: int) -> torch.Tensor:
+    """Height/width of the real (unpadded) region of each image after `num_halvings` stride-2 steps.
+
+    Every stride-2 layer of a ResNet (7x7 conv, 3x3 max-pool, 3x3 conv, 1x1 downsample) maps a length n to
+    ceil(n / 2), so the real region of size (h, w) becomes (ceil(h / 2^k), ceil(w / 2^k)).
+
+    Args:
+        pixel_mask: [B, H, W] bool, True on real pixels (top-left anchored).
+    Returns:
+        [B, 2] int64 (height, width).
+    """
+    h = pixel_mask.any(dim=2).sum(dim=1)
+    w = pixel_mask.any(dim=1).sum(dim=1)
+    div = 2**num_halvings
+    return torch.stack([(h + div - 1) // div, (w + div - 1) // div], dim=1)
+
+
+def mask_from_sizes(sizes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[B, 2] (h, w) sizes -> [B, height, width] bool mask, True inside the top-left h x w region."""
+    rows = torch.arange(height, device=sizes.device)[None, :, None] < sizes[:, 0, None, None]
+    cols = torch.arange(width, device=sizes.device)[None, None, :] < sizes[:, 1, None, None]
+    return rows & cols
+
+
+class GridFeatureExtractor(nn.Module):
+    """ResNet trunk (C5, stride 32) + 1x1 projection to `d_model`.
+
+    The trunk uses `torchvision.ops.FrozenBatchNorm2d` (BatchNorm statistics and affine parameters are buffers,
+    as in DETR). Stages before the last `trainable_layers` have `requires_grad=False`.
+
+    With `mask_padding=True`, padded pixels and their descendants are set to zero before every convolution, so a
+    feature at a real position is exactly what the unpadded image alone would give: batching images of different
+    sizes cannot change any image's features (DETR lets padding leak into the border features).
+    """
+
+    def __init__(self, trunk: nn.Module, out_channels: int, d_model: int, trainable_layers: int = 3,
+                 mask_padding: bool = True) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.num_channels = out_channels
+        self.input_proj = nn.Conv2d(out_channels, d_model, kernel_size=1)
+        self.mask_padding = mask_padding
+        self.trainable_layers = trainable_layers
+        frozen = _STAGES[: len(_STAGES) - trainable_layers]
+        for name, param in self.trunk.named_parameters():
+            stage = "conv1" if name.startswith(("conv1", "bn1")) else name.split(".")[0]
+            if stage in frozen:
+                param.requires_grad_(False)
+        self._active_mask: torch.Tensor | None = None
+        self._image_size: tuple[int, int] | None = None
+        if mask_padding:
+            for module in self.trunk.modules():
+                if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):  # max-pool: post-ReLU zeros never win
+                    module.register_forward_pre_hook(self._zero_padding)
+
+    def _zero_padding(self, module: nn.Module, args: tuple[torch.Tensor, ...]):
+        if self._active_mask is None:
+            return None
+        (x,) = args
+        # how many stride-2 steps lie between the image and this conv's input: ceil-halve the height until it fits
+        halvings, height = 0, self._image_size[0]
+        while height > x.shape[-2]:
+            height, halvings = -(-height // 2), halvings + 1
+        mask = mask_from_sizes(valid_sizes_at_stride(self._active_mask, halvings), x.shape[-2], x.shape[-1])
+        return (x * mask[:, None].to(x.dtype),)
+
+    def forward(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None):
+        """
+        Args:
+            pixel_values: [B, 3, H, W] float, normalised, zero in the padded region.
+            pixel_mask: [B, H, W] bool/int, 1 on real pixels; None means no padding.
+        Returns:
+            features: [B, d_model, H/32, W/32] (ceil), projected grid features.
+            grid_mask: [B, H/32, W/32] bool, True on grid cells that cover real pixels.
+        """
+        if pixel_mask is None:
+            pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.bool,
+                                    device=pixel_values.device)
+        pixel_mask = pixel_mask.bool()
+        padded = self.mask_padding and not bool(pixel_mask.all())
+        self._active_mask = pixel_mask if padded else None
+        self._image_size = tuple(pixel_values.shape[-2:])
+        try:
+            x = self.trunk(pixel_values)
+        finally:
+            self._active_mask = None
+        grid_mask = mask_from_sizes(valid_sizes_at_stride(pixel_mask, 5), x.shape[-2], x.shape[-1])
+        return self.input_proj(x), grid_mask
+
+
+def build_resnet_trunk(name: str, weights: str | None = None, dilation: bool = False) -> tuple[nn.Module, int]:
+    """A torchvision ResNet without its pooling and classifier, with FrozenBatchNorm2d.
+
+    Args:
+        name: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
+        weights: None (random init), a torchvision weights name such as "IMAGENET1K_V1" (downloaded by torchvision
+            if not cached: for users who have network access), or a path to a local `.pth`/`.safetensors` file.
+    Returns:
+        (trunk, output channels).
+    """
+    if name not in _TRUNK_CHANNELS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_TRUNK_CHANNELS)}")
+    builder = getattr(torchvision.models, name)
+    tv_weights = None
+    if weights is not None and not Path(weights).exists():
+        tv_weights = torchvision.models.get_model_weights(name)[weights]
+    resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d,
+                     replace_stride_with_dilation=[False, False, dilation] if name not in ("resnet18", "resnet34") else None)
+    if weights is not None and Path(weights).exists():
+        from ..checkpoint import load_state_dict_file
+
+        state = load_state_dict_file(weights)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = resnet.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(f"backbone weights {weights} do not fit {name}: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+    trunk = nn.Sequential()
+    for child in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        trunk.add_module(child, getattr(resnet, child))
+    return trunk, _TRUNK_CHANNELS[name]
+
+
+def interpolate_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """DETR's nearest-neighbour mask downsampling, kept for comparison in tests: [B,H,W] -> [B,*size] bool."""
+    return F.interpolate(mask[None].float(), size=size)[0].bool()

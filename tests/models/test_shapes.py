@@ -68,3 +68,16 @@ def test_bad_inputs_name_the_problem(tiny):
         tiny.encode(torch.randn(1, 3, 32, 32), torch.ones(1, 32, 31, dtype=torch.bool))
     with pytest.raises(ValueError, match="outside"):
         tiny.encode(torch.randn(1, 3, 32, 32), input_ids=torch.tensor([[2, 10**5]]))
+
+
+def test_precomputed_image_embedding_gives_the_same_encoding(tiny):
+    pixels = torch.randn(2, 3, 64, 96)
+    ids = torch.tensor([[2, 8, 9, 3], [2, 7, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        image = tiny.embed_image(pixels)
+        a = tiny.encode(pixels, input_ids=ids, attention_mask=mask)
+        b = tiny.encode(input_ids=ids, attention_mask=mask, image=image)
+        c = tiny.encode(image=image)
+    assert torch.equal(a.memory, b.memory)
+    assert c.text_length == 2

@@ -7,13 +7,13 @@ from .e2evlp import E2EVLP, E2EVLPOutput
 from .encoder import CrossModalEncoder, EncoderLayer
 from .feedforward import MLP, FeedForward
 from .heads import DetectionHead, ITMHead, Pooler, TiedLMHead
-from .outputs import DetectionOutput, EncoderOutput, GenerationOutput
+from .outputs import DetectionOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .position import PositionEmbeddingLearned, PositionEmbeddingSine
 from .text_embeddings import TextEmbeddings
 
 __all__ = [
     "E2EVLP", "E2EVLPOutput", "MultiHeadAttention", "GridFeatureExtractor", "build_resnet_trunk", "DecoderCache",
     "DecoderLayer", "SharedDecoder", "CrossModalEncoder", "EncoderLayer", "MLP", "FeedForward", "DetectionHead",
-    "ITMHead", "Pooler", "TiedLMHead", "DetectionOutput", "EncoderOutput", "GenerationOutput",
+    "ITMHead", "Pooler", "TiedLMHead", "DetectionOutput", "EncoderOutput", "ImageEmbedding", "GenerationOutput",
     "PositionEmbeddingLearned", "PositionEmbeddingSine", "TextEmbeddings",
 ]

@@ -13,7 +13,7 @@ from .backbone import GridFeatureExtractor
 from .decoder import DecoderCache, SharedDecoder
 from .encoder import CrossModalEncoder
 from .heads import DetectionHead, ITMHead, TiedLMHead
-from .outputs import DetectionOutput, EncoderOutput, GenerationOutput
+from .outputs import DetectionOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .text_embeddings import TextEmbeddings
 
 
@@ -58,40 +58,57 @@ class E2EVLP(nn.Module):
         self.caption_head = caption_head
 
     # ---- encoding ---------------------------------------------------------------------------------------
-    def encode(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None,
-               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None) -> EncoderOutput:
-        """Fuse images and texts.
+    def embed_image(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageEmbedding:
+        """Backbone, 1x1 projection and 2D positions of a batch of images.
 
         Args:
             pixel_values: [B, 3, H, W] float, normalised, zero on padding.
+            pixel_mask: [B, H, W] bool/int, 1 on real pixels (None: no padding).
+        Returns:
+            ImageEmbedding with features/pos [B, H/32 * W/32, d] (ceil).
+        """
+        self._check_image(pixel_values, pixel_mask)
+        features, grid_mask = self.backbone(pixel_values, pixel_mask)
+        pos = self.position_encoding(grid_mask).to(features.dtype)
+        return ImageEmbedding(features.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2),
+                              ~grid_mask.flatten(1), tuple(features.shape[-2:]))
+
+    def encode(self, pixel_values: torch.Tensor | None = None, pixel_mask: torch.Tensor | None = None,
+               input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None, image: ImageEmbedding | None = None) -> EncoderOutput:
+        """Fuse images and texts.
+
+        Args:
+            pixel_values: [B, 3, H, W] float, normalised, zero on padding (or pass `image` instead).
             pixel_mask: [B, H, W] bool/int, 1 on real pixels (None: no padding).
             input_ids: [B, L] long, `[CLS] text [SEP] [PAD]...`; None encodes the image alone (`[CLS] [SEP]`),
                 as image-to-text generation does so that the decoder never sees the caption it predicts.
             attention_mask: [B, L], 1 on real tokens (None: all real).
             token_type_ids: [B, L] segment ids (None: zeros).
+            image: a precomputed `embed_image` result, to encode the same images with several texts.
         Returns:
             EncoderOutput with memory [B, L + H/32 * W/32, d].
         """
-        self._check_inputs(pixel_values, pixel_mask, input_ids, attention_mask)
-        batch = pixel_values.shape[0]
-        device = pixel_values.device
+        if image is None:
+            if pixel_values is None:
+                raise ValueError("encode needs pixel_values or a precomputed image embedding")
+            image = self.embed_image(pixel_values, pixel_mask)
+        batch = len(image)
+        device = image.features.device
+        self._check_text(input_ids, attention_mask, batch)
         if input_ids is None:
             input_ids = torch.tensor([[self.config.cls_token_id, self.config.sep_token_id]],
                                      device=device).expand(batch, -1)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text = self.text_embeddings(input_ids, token_type_ids)
-        features, grid_mask = self.backbone(pixel_values, pixel_mask)
-        grid_pos = self.position_encoding(grid_mask).to(features.dtype)
-        grid = features.flatten(2).transpose(1, 2)
-        src = torch.cat([text, grid.to(text.dtype)], dim=1)
-        pos = torch.cat([torch.zeros_like(text), grid_pos.flatten(2).transpose(1, 2).to(text.dtype)], dim=1)
-        padding_mask = torch.cat([~attention_mask.bool(), ~grid_mask.flatten(1)], dim=1)
+        src = torch.cat([text, image.features.to(text.dtype)], dim=1)
+        pos = torch.cat([torch.zeros_like(text), image.pos.to(text.dtype)], dim=1)
+        padding_mask = torch.cat([~attention_mask.bool(), image.padding_mask], dim=1)
         memory = self.encoder(src, pos, padding_mask)
-        return EncoderOutput(memory, padding_mask, pos, text.shape[1], tuple(features.shape[-2:]))
+        return EncoderOutput(memory, padding_mask, pos, text.shape[1], image.grid_size)
 
-    def _check_inputs(self, pixel_values, pixel_mask, input_ids, attention_mask) -> None:
+    def _check_image(self, pixel_values, pixel_mask) -> None:
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor [B, 3, H, W], got {type(pixel_values).__name__}")
         if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
@@ -104,17 +121,20 @@ class E2EVLP(nn.Module):
         b, _, h, w = pixel_values.shape
         if pixel_mask is not None and tuple(pixel_mask.shape) != (b, h, w):
             raise ValueError(f"pixel_mask must have shape {[b, h, w]} to match pixel_values, got {list(pixel_mask.shape)}")
-        if input_ids is not None:
-            if input_ids.dim() != 2 or input_ids.shape[0] != b:
-                raise ValueError(f"input_ids must have shape [B={b}, L], got {list(input_ids.shape)}")
-            if input_ids.dtype not in (torch.int64, torch.int32):
-                raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-            if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
-                raise ValueError(f"input_ids contain ids outside [0, vocab_size={self.config.vocab_size}): "
-                                 f"min {int(input_ids.min())}, max {int(input_ids.max())}")
-            if attention_mask is not None and attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape "
-                                 f"{list(input_ids.shape)}")
+
+    def _check_text(self, input_ids, attention_mask, batch: int) -> None:
+        if input_ids is None:
+            return
+        if input_ids.dim() != 2 or input_ids.shape[0] != batch:
+            raise ValueError(f"input_ids must have shape [B={batch}, L], got {list(input_ids.shape)}")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+            raise ValueError(f"input_ids contain ids outside [0, vocab_size={self.config.vocab_size}): "
+                             f"min {int(input_ids.min())}, max {int(input_ids.max())}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {list(attention_mask.shape)} != input_ids shape "
+                             f"{list(input_ids.shape)}")
 
     # ---- heads reading an encoding ----------------------------------------------------------------------
     def detect(self, encoding: EncoderOutput) -> DetectionOutput:

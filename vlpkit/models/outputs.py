@@ -8,6 +8,26 @@ import torch
 
 
 @dataclass
+class ImageEmbedding:
+    """The image side of the encoder input, from `E2EVLP.embed_image`; reusable across several encodings
+    (pretraining encodes each image twice: with its text, and alone for caption generation).
+
+    features: [B, H*W, d] projected grid features.
+    pos: [B, H*W, d] 2D positional encodings.
+    padding_mask: [B, H*W] bool, True on grid cells that cover only padding.
+    grid_size: (H, W).
+    """
+
+    features: torch.Tensor
+    pos: torch.Tensor
+    padding_mask: torch.Tensor
+    grid_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass
 class EncoderOutput:
     """What `E2EVLP.encode` returns; every decoding mode consumes it without re-encoding.
 

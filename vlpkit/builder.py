@@ -55,8 +55,10 @@ def build_e2evlp(config: str | E2EVLPConfig | dict = "e2evlp-6-r50", **overrides
     """
     cfg = resolve_config(config, **overrides)
     d = cfg.d_model
-    trunk, channels = build_resnet_trunk(cfg.backbone, cfg.backbone_weights)
-    backbone = GridFeatureExtractor(trunk, channels, d, cfg.trainable_backbone_layers, cfg.mask_backbone_padding)
+    trunk, channels = build_resnet_trunk(cfg.backbone, cfg.backbone_weights, cfg.backbone_last_stage)
+    stride = 32 if cfg.backbone_last_stage == "layer4" else 16
+    backbone = GridFeatureExtractor(trunk, channels, d, cfg.trainable_backbone_layers, cfg.mask_backbone_padding,
+                                    stride)
 
     word_embeddings = _embedding(cfg.vocab_size, d, cfg.init_std, cfg.pad_token_id)
     text_embeddings = TextEmbeddings(word_embeddings, cfg.max_position_embeddings, cfg.type_vocab_size, d,

@@ -32,6 +32,7 @@ class E2EVLPConfig:
     backbone: str = "resnet50"
     backbone_weights: str | None = None  # torchvision weights name ("IMAGENET1K_V1") or a local file; never downloaded in tests
     trainable_backbone_layers: int = 3  # torchvision convention: layer2..layer4 train, stem + layer1 frozen
+    backbone_last_stage: str = "layer4"  # "layer3" drops C5: stride 16, a finer grid for small images
     mask_backbone_padding: bool = True  # zero padded pixels before every conv: batch padding cannot change features
     position_embedding: str = "sine"
     # transformer
@@ -74,6 +75,8 @@ class E2EVLPConfig:
         check(self.backbone in BACKBONES, f"backbone={self.backbone!r}; expected one of {BACKBONES}")
         check(self.position_embedding in POSITION_EMBEDDINGS,
               f"position_embedding={self.position_embedding!r}; expected one of {POSITION_EMBEDDINGS}")
+        check(self.backbone_last_stage in ("layer3", "layer4"),
+              f"backbone_last_stage={self.backbone_last_stage!r}; expected 'layer3' or 'layer4'")
         check(self.activation in ACTIVATIONS, f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
         check(0 <= self.trainable_backbone_layers <= 5,
               f"trainable_backbone_layers={self.trainable_backbone_layers}; expected 0..5")

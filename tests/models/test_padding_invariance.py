@@ -76,3 +76,16 @@ def test_without_masking_padding_would_leak(model):
         a = leaky.backbone(img)[0]
         b = leaky.backbone(padded, mask)[0][..., : a.shape[2], : a.shape[3]]
     assert (a - b).abs().max() > 1e-3
+
+
+def test_stride16_trunk_is_padding_invariant_too():
+    model = build_e2evlp("e2evlp-tiny", backbone_last_stage="layer3").eval()
+    img = torch.randn(1, 3, 75, 90)
+    padded, mask = _pad_image(img, 128, 160)
+    with torch.no_grad():
+        alone = model.embed_image(img)
+        batched = model.embed_image(padded, mask)
+    assert alone.grid_size == (5, 6) and batched.grid_size == (8, 10)
+    real = batched.features.unflatten(1, batched.grid_size)[:, :5, :6].flatten(1, 2)
+    torch.testing.assert_close(real, alone.features, atol=1e-5, rtol=0)
+    assert int((~batched.padding_mask).sum()) == 30

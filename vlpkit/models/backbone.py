@@ -50,10 +50,11 @@ class GridFeatureExtractor(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, out_channels: int, d_model: int, trainable_layers: int = 3,
-                 mask_padding: bool = True) -> None:
+                 mask_padding: bool = True, stride: int = 32) -> None:
         super().__init__()
         self.trunk = trunk
         self.num_channels = out_channels
+        self.stride = stride
         self.input_proj = nn.Conv2d(out_channels, d_model, kernel_size=1)
         self.mask_padding = mask_padding
         self.trainable_layers = trainable_layers
@@ -86,8 +87,8 @@ class GridFeatureExtractor(nn.Module):
             pixel_values: [B, 3, H, W] float, normalised, zero in the padded region.
             pixel_mask: [B, H, W] bool/int, 1 on real pixels; None means no padding.
         Returns:
-            features: [B, d_model, H/32, W/32] (ceil), projected grid features.
-            grid_mask: [B, H/32, W/32] bool, True on grid cells that cover real pixels.
+            features: [B, d_model, H/s, W/s] (ceil; s = `stride`, 32 or 16), projected grid features.
+            grid_mask: [B, H/s, W/s] bool, True on grid cells that cover real pixels.
         """
         if pixel_mask is None:
             pixel_mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:], dtype=torch.bool,
@@ -100,28 +101,31 @@ class GridFeatureExtractor(nn.Module):
             x = self.trunk(pixel_values)
         finally:
             self._active_mask = None
-        grid_mask = mask_from_sizes(valid_sizes_at_stride(pixel_mask, 5), x.shape[-2], x.shape[-1])
+        halvings = self.stride.bit_length() - 1
+        grid_mask = mask_from_sizes(valid_sizes_at_stride(pixel_mask, halvings), x.shape[-2], x.shape[-1])
         return self.input_proj(x), grid_mask
 
 
-def build_resnet_trunk(name: str, weights: str | None = None, dilation: bool = False) -> tuple[nn.Module, int]:
+def build_resnet_trunk(name: str, weights: str | None = None, last_stage: str = "layer4") -> tuple[nn.Module, int]:
     """A torchvision ResNet without its pooling and classifier, with FrozenBatchNorm2d.
 
     Args:
         name: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
         weights: None (random init), a torchvision weights name such as "IMAGENET1K_V1" (downloaded by torchvision
             if not cached: for users who have network access), or a path to a local `.pth`/`.safetensors` file.
+        last_stage: "layer4" (C5, stride 32, the paper) or "layer3" (C4, stride 16: a finer grid for small images).
     Returns:
         (trunk, output channels).
     """
+    if last_stage not in ("layer3", "layer4"):
+        raise ValueError(f"last_stage={last_stage!r}; expected 'layer3' or 'layer4'")
     if name not in _TRUNK_CHANNELS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_TRUNK_CHANNELS)}")
     builder = getattr(torchvision.models, name)
     tv_weights = None
     if weights is not None and not Path(weights).exists():
         tv_weights = torchvision.models.get_model_weights(name)[weights]
-    resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d,
-                     replace_stride_with_dilation=[False, False, dilation] if name not in ("resnet18", "resnet34") else None)
+    resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d)
     if weights is not None and Path(weights).exists():
         from ..checkpoint import load_state_dict_file
 
@@ -133,9 +137,11 @@ def build_resnet_trunk(name: str, weights: str | None = None, dilation: bool = F
             raise ValueError(f"backbone weights {weights} do not fit {name}: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
     trunk = nn.Sequential()
-    for child in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+    children = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    for child in children[: children.index(last_stage) + 1]:
         trunk.add_module(child, getattr(resnet, child))
-    return trunk, _TRUNK_CHANNELS[name]
+    channels = _TRUNK_CHANNELS[name] // (2 if last_stage == "layer3" else 1)
+    return trunk, channels
 
 
 def interpolate_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -68,7 +68,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> tup
     for name, canon in aliases.items():
         groups.setdefault(canon, []).append(name)
     resolved, missing = {}, []
-    for canon, names in groups.items():
+    for names in groups.values():
         present = [n for n in names if n in state]
         if not present:
             missing.extend(names)

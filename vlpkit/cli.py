@@ -1,4 +1,4 @@
-"""Command line: `vlpkit demo`, `vlpkit info`, `vlpkit params`."""
+"""Command line: `vlpkit demo`, `vlpkit pretrain`, `vlpkit smoke`, `vlpkit params`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,20 @@ import time
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.config, args.set, max_eval_images=args.max_eval_images)
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from .pretraining.run import load_config, pretrain
+
+    pretrain(load_config(args.config, args.set), resume=args.resume)
+    return 0
+
+
+def _smoke(args: argparse.Namespace) -> int:
     import torch
 
     from . import build_e2evlp
@@ -42,12 +56,23 @@ def _params(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlpkit", description="E2E-VLP reference implementation")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build a model and run it on a generated image")
-    demo.add_argument("--preset", default="e2evlp-tiny")
-    demo.add_argument("--height", type=int, default=128)
-    demo.add_argument("--width", type=int, default=160)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="pretrain e2evlp-tiny on the shapes world and evaluate it (make demo)")
+    demo.add_argument("--config", default="e2evlp-tiny", help="a shipped config name or a YAML/JSON path")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set trainer.max_steps=50")
+    demo.add_argument("--max-eval-images", type=int, default=None)
     demo.set_defaults(func=_demo)
+    pre = sub.add_parser("pretrain", help="pretrain E2E-VLP from a config")
+    pre.add_argument("--config", required=True, help="a shipped config name (e2evlp-6-r50, ...) or a path")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    pre.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    pre.set_defaults(func=_pretrain)
+    smoke = sub.add_parser("smoke", help="build a model and run one forward pass on a random image")
+    smoke.add_argument("--preset", default="e2evlp-tiny")
+    smoke.add_argument("--height", type=int, default=128)
+    smoke.add_argument("--width", type=int, default=160)
+    smoke.add_argument("--seed", type=int, default=0)
+    smoke.set_defaults(func=_smoke)
     params = sub.add_parser("params", help="parameter counts of every preset beside the paper's Table 5")
     params.set_defaults(func=_params)
     return parser

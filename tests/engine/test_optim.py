@@ -1,0 +1,110 @@
+"""AdamW parameter groups and the warm-up + step-decay schedule (checked against torch's own schedulers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
+
+from vlpkit import build_e2evlp
+from vlpkit.engine import TrainerConfig, build_optimizer, build_scheduler, lr_factor, param_groups
+
+
+def test_param_groups_split_e2evlp_by_prefix_and_skip_frozen():
+    model = build_e2evlp("e2evlp-tiny")
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-4, backbone_lr=1e-5, weight_decay=1e-4)}
+    assert groups["default"]["lr"] == 1e-4 and groups["backbone"]["lr"] == 1e-5
+    assert groups["default"]["weight_decay"] == groups["backbone"]["weight_decay"] == 1e-4
+
+    named = dict(model.named_parameters())  # deduplicated: tied embeddings appear once
+    ids = {id(p): n for n, p in named.items()}
+    backbone = {ids[id(p)] for p in groups["backbone"]["params"]}
+    rest = {ids[id(p)] for p in groups["default"]["params"]}
+    assert backbone == {n for n, p in named.items() if n.startswith("backbone.trunk.") and p.requires_grad}
+    assert rest == {n for n, p in named.items() if not n.startswith("backbone.trunk.") and p.requires_grad}
+    assert "backbone.trunk.conv1.weight" not in backbone  # stem frozen (trainable_backbone_layers=3)
+    assert "backbone.input_proj.weight" in rest  # DETR trains the 1x1 projection at the base lr
+    total = len(groups["backbone"]["params"]) + len(groups["default"]["params"])
+    assert total == len({id(p) for p in model.parameters() if p.requires_grad})
+
+
+def test_param_groups_custom_prefix_and_errors():
+    model = build_e2evlp("e2evlp-tiny")
+    groups = {g["name"]: g for g in param_groups(model, 1e-4, 1e-5, 0.0, backbone_prefix="backbone.trunk.")}
+    assert any(p is model.backbone.input_proj.weight for p in groups["default"]["params"])
+    assert all(p is not model.backbone.input_proj.weight for p in groups["backbone"]["params"])
+
+    plain = nn.Linear(2, 2)  # no backbone: a single group
+    assert [g["name"] for g in param_groups(plain, 1e-3, 1e-4, 0.0)] == ["default"]
+    plain.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        param_groups(plain, 1e-3, 1e-4, 0.0)
+
+
+@pytest.mark.parametrize("warmup, steps_per_epoch, drops", [(5, 4, (3, 5)), (1, 7, (2,)), (4, 3, ())])
+def test_schedule_matches_torch_linear_warmup_then_multistep(warmup, steps_per_epoch, drops):
+    def optimizer():
+        return build_optimizer(nn.Sequential(nn.Linear(2, 2)), lr=1e-4, backbone_lr=1e-5)
+
+    ours_opt = optimizer()
+    ours = build_scheduler(ours_opt, warmup, steps_per_epoch, drops, gamma=0.1)
+    ref_opt = optimizer()
+    ref = ChainedScheduler([
+        LinearLR(ref_opt, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1),
+        MultiStepLR(ref_opt, milestones=[e * steps_per_epoch for e in drops], gamma=0.1),
+    ]) if warmup > 1 else MultiStepLR(ref_opt, milestones=[e * steps_per_epoch for e in drops], gamma=0.1)
+    for step in range(8 * steps_per_epoch):
+        got, want = ours_opt.param_groups[0]["lr"], ref_opt.param_groups[0]["lr"]
+        assert math.isclose(got, want, rel_tol=1e-9), (step, got, want)
+        ours_opt.step()
+        ref_opt.step()
+        ours.step()
+        ref.step()
+
+
+def test_schedule_state_dict_resumes_and_follows_current_config():
+    opt = build_optimizer(nn.Linear(2, 2), lr=1.0)
+    sched = build_scheduler(opt, warmup_steps=3, steps_per_epoch=2, drop_epochs=[2])
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    assert state["lr_lambdas"] == [{}]  # the schedule's shape is not frozen into the checkpoint
+    loaded = torch.load(_roundtrip(state), weights_only=True)
+
+    opt2 = build_optimizer(nn.Linear(2, 2), lr=1.0)
+    sched2 = build_scheduler(opt2, warmup_steps=3, steps_per_epoch=2, drop_epochs=[2])
+    sched2.load_state_dict(loaded)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        opt2.step()
+        sched2.step()
+        assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert sched.last_epoch == 7 and opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def _roundtrip(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_vqa_task_overrides_and_drop_epochs():
+    cfg = TrainerConfig.for_task("vqa")
+    assert (cfg.lr, cfg.epochs, cfg.lr_drop_epochs) == (1e-4, 12, [6, 9])
+    steps_per_epoch = 10
+    factors = [lr_factor(s, 0, steps_per_epoch, cfg.lr_drop_epochs) for s in range(12 * steps_per_epoch)]
+    by_epoch = [factors[e * steps_per_epoch: (e + 1) * steps_per_epoch] for e in range(12)]
+    assert all(f == 1.0 for e in range(6) for f in by_epoch[e])
+    assert all(f == pytest.approx(0.1) for e in range(6, 9) for f in by_epoch[e])
+    assert all(f == pytest.approx(0.01) for e in range(9, 12) for f in by_epoch[e])
+    assert TrainerConfig.for_task("vqa", epochs=3).epochs == 3
+    with pytest.raises(Exception, match="unknown task 'nope'"):
+        TrainerConfig.for_task("nope")

@@ -1,0 +1,152 @@
+"""The joint pretraining objective of E2E-VLP: L = w_mlm L_mlm + w_itm L_itm + w_v L_v + w_dec L_dec.
+
+One backbone pass per step serves two encodings of each image:
+- `[CLS] text [SEP] grid`, where the text is the (masked) caption or, for ITM negatives, another image's caption:
+  the MLM, ITM and detection (+ attribute) heads read it;
+- `[CLS] [SEP] grid` (the image alone): the decoder generates the caption from it, so it never sees the caption
+  it predicts (tests/models/test_caption_leak.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batch import Batch
+from ..losses.label_smoothing import label_smoothed_cross_entropy
+from ..losses.set_criterion import SetCriterion
+from ..ops import HungarianMatcher
+from ..ops.distributed import reduce_counts
+
+TASKS = ("mlm", "itm", "detection", "attributes", "caption")
+
+
+@dataclass
+class ObjectiveConfig:
+    """Which pretraining tasks run, and their weights.
+
+    tasks: the enabled subset of ("mlm", "itm", "detection", "attributes", "caption"); "attributes" needs
+        "detection" (attributes are predicted on matched object queries).
+    weights: the weight of each term in the total (all 1, as in the paper).
+    """
+
+    tasks: tuple[str, ...] = TASKS
+    weights: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0, "itm": 1.0, "detection": 1.0,
+                                                               "caption": 1.0})
+    label_smoothing: float = 0.1
+    eos_coef: float = 0.1
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    set_weights: dict[str, float] = field(default_factory=lambda: {"loss_ce": 1.0, "loss_bbox": 5.0,
+                                                                   "loss_giou": 2.0, "loss_attr": 1.0})
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown pretraining task(s) {unknown}; valid tasks: {TASKS}")
+        if "attributes" in self.tasks and "detection" not in self.tasks:
+            raise ValueError("the 'attributes' task needs 'detection' (attributes are read from matched queries)")
+        if not self.tasks:
+            raise ValueError(f"no pretraining task enabled; choose from {TASKS}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ObjectiveConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown objective field(s) {unknown}; valid: {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["tasks"] = list(self.tasks)
+        return out
+
+
+class PretrainingObjective(nn.Module):
+    """`objective(model, batch) -> dict`: "loss" (the weighted total) and each term ("mlm", "itm", "detection",
+    "caption", and the set criterion's parts as "det/loss_ce" etc.), all scalar tensors.
+
+    Batch fields used: pixel_values, pixel_mask, input_ids (masked text, possibly mismatched), attention_mask,
+    token_type_ids, mlm_labels [B, L] (-100 = no target; negatives carry none), itm_labels [B] (1 = matched),
+    targets (per image: "boxes" cxcywh, "labels", optional "attributes", and "has_boxes" False to leave an image
+    out of detection), caption_ids [B, T] (`[BOS] caption [EOS] [PAD]...` of the true caption).
+
+    Normalisers (masked tokens, ITM pairs, caption tokens, boxes) are averaged across processes, like DETR's
+    num_boxes, so DDP gradients equal those of one large batch.
+    """
+
+    def __init__(self, config: ObjectiveConfig, num_classes: int, num_attributes: int, pad_token_id: int) -> None:
+        super().__init__()
+        self.config = config
+        self.pad_token_id = pad_token_id
+        losses = ("labels", "boxes") + (("attributes",) if "attributes" in config.tasks else ())
+        self.criterion = SetCriterion(
+            num_classes, HungarianMatcher(config.cost_class, config.cost_bbox, config.cost_giou),
+            weight_dict=config.set_weights, eos_coef=config.eos_coef, losses=losses,
+            num_attributes=num_attributes if "attributes" in config.tasks and num_attributes > 0 else None)
+
+    def enabled(self, task: str) -> bool:
+        return task in self.config.tasks
+
+    def forward(self, model, batch: Batch) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        device = batch.pixel_values.device
+        image = model.embed_image(batch.pixel_values, batch.pixel_mask)
+        needs_text = any(self.enabled(t) for t in ("mlm", "itm", "detection"))
+        if needs_text:
+            enc = model.encode(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               token_type_ids=batch.token_type_ids, image=image)
+        mlm_count = int((batch.mlm_labels != -100).sum()) if self.enabled("mlm") else 0
+        itm_count = int((batch.itm_labels != -100).sum()) if self.enabled("itm") else 0
+        cap_count = 0
+        if self.enabled("caption"):
+            cap_count = int((batch.caption_ids[:, 1:] != self.pad_token_id).sum())
+        n_mlm, n_itm, n_cap = reduce_counts([mlm_count, itm_count, cap_count], device)
+
+        if self.enabled("mlm"):
+            logits = model.mlm_logits(enc).float()
+            out["mlm"] = F.cross_entropy(logits.flatten(0, 1), batch.mlm_labels.flatten(), ignore_index=-100,
+                                         reduction="sum") / n_mlm
+        if self.enabled("itm"):
+            out["itm"] = F.cross_entropy(model.itm_logits(enc).float(), batch.itm_labels, ignore_index=-100,
+                                         reduction="sum") / n_itm
+        if self.enabled("detection"):
+            out.update(self._detection(model, enc, batch))
+        if self.enabled("caption"):
+            caption_enc = model.encode(image=image)
+            logits = model.caption_logits(caption_enc, batch.caption_ids[:, :-1]).float()
+            out["caption"] = label_smoothed_cross_entropy(
+                logits, batch.caption_ids[:, 1:], epsilon=self.config.label_smoothing,
+                ignore_index=self.pad_token_id, reduction="sum") / n_cap
+        total = sum(self.config.weights.get(k, 1.0) * out[k] for k in ("mlm", "itm", "detection", "caption")
+                    if k in out)
+        out["loss"] = total
+        return out
+
+    def _detection(self, model, enc, batch: Batch) -> dict[str, torch.Tensor]:
+        detection = model.detect(enc).to_dict()
+        keep = [i for i, t in enumerate(batch.targets) if t.get("has_boxes", True)]
+        if len(keep) < len(batch.targets):  # images from sources without box annotations
+            index = torch.tensor(keep, device=batch.pixel_values.device)
+            detection = _select(detection, index)
+        targets = [{k: v for k, v in batch.targets[i].items() if k in ("boxes", "labels", "attributes")}
+                   for i in keep]
+        if not keep:  # keep the graph connected so every process runs the same backward
+            zero = detection["pred_logits"].sum() * 0.0
+            return {"detection": zero}
+        parts = self.criterion(detection, targets)
+        out = {f"det/{k}": v for k, v in parts.items()}
+        out["detection"] = self.criterion.weighted_loss(parts)
+        return out
+
+
+def _select(outputs: dict, index: torch.Tensor) -> dict:
+    selected = {k: v.index_select(0, index) for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+    if "aux_outputs" in outputs:
+        selected["aux_outputs"] = [_select(a, index) for a in outputs["aux_outputs"]]
+    return selected

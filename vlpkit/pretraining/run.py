@@ -1,0 +1,165 @@
+"""`pretrain(config)`: build the data mixture, the model and the objective from one config, and train.
+
+Config (YAML or JSON; see vlpkit/configs/):
+
+```yaml
+model: {preset: e2evlp-tiny, overrides: {}}
+objective: {tasks: [mlm, itm, detection, attributes, caption], weights: {mlm: 1, itm: 1, detection: 1, caption: 1}}
+trainer: {output_dir: runs/pretrain, max_steps: 1000, batch_size: 32, lr: 1.0e-4, backbone_lr: 1.0e-5}
+data:
+  kind: shapes                                   # or "files" for the real COCO / Visual Genome
+  shapes: {num_images: 2000, seed: 0, vocab_size: 512}
+  sources: [{name: coco, tasks: [mlm, itm, detection, caption], weight: 1},
+            {name: vg, tasks: [mlm, detection, attributes], weight: 1}]
+  image: {train_scales: [480, 512, ..., 800], max_size: 1333, crop: true, flip: true, eval_size: 800}
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..builder import build_e2evlp
+from ..data.tokenization import load_tokenizer, save_tokenizer
+from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import Trainer, TrainerConfig
+from .data import PretrainingCollator, PretrainingDataset, Source
+from .objective import ObjectiveConfig, PretrainingObjective
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SECTIONS = ("model", "objective", "trainer", "data")
+
+
+def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a YAML/JSON config (a path, or the name of one shipped in vlpkit/configs/) and apply `key=value`
+    overrides with dotted keys (`trainer.max_steps=100`); values are parsed as YAML."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        shipped = CONFIG_DIR / f"{path_or_name}.yaml"
+        if not shipped.is_file():
+            names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"config {path_or_name!r} is neither a file nor a shipped config; "
+                                    f"shipped configs: {names}")
+        path = shipped
+    config = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}; expected {SECTIONS}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value (e.g. trainer.max_steps=100)")
+        *parents, leaf = key.split(".")
+        if not parents or parents[0] not in SECTIONS:
+            raise ValueError(f"override {item!r}: the key must start with one of {SECTIONS}")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return config
+
+
+@dataclass
+class PretrainResult:
+    model: Any
+    tokenizer: Any
+    history: list[dict]
+    output_dir: Path
+    setup: Any = None  # ShapesSetup for the shapes world
+
+
+def build_data(data_cfg: dict, split: str = "train"):
+    """-> (sources, tokenizer, model overrides, setup) from the config's data section."""
+    data_cfg = copy.deepcopy(data_cfg)
+    kind = data_cfg.get("kind", "shapes")
+    spec = {s["name"]: s for s in data_cfg.get("sources", [{"name": "coco"}, {"name": "vg"}])}
+    unknown = sorted(set(spec) - {"coco", "vg"})
+    if unknown:
+        raise ValueError(f"unknown pretraining source(s) {unknown}; expected 'coco' and/or 'vg'")
+    if kind == "shapes":
+        from .shapes import prepare_shapes, shapes_sources
+
+        setup = prepare_shapes(**data_cfg.get("shapes", {}))
+        kwargs = {}
+        for name in ("coco", "vg"):
+            s = spec.get(name)
+            kwargs[f"{name}_tasks"] = tuple(s["tasks"]) if s and "tasks" in s else (None if s else ())
+            if kwargs[f"{name}_tasks"] is None:
+                del kwargs[f"{name}_tasks"]
+            if s and "weight" in s:
+                kwargs[f"{name}_weight"] = float(s["weight"])
+        return shapes_sources(setup, split, **kwargs), setup.tokenizer, setup.model_overrides(), setup
+    if kind == "files":
+        return _file_sources(data_cfg, spec, split)
+    raise ValueError(f"data.kind={kind!r}; expected 'shapes' or 'files'")
+
+
+def _file_sources(data_cfg: dict, spec: dict, split: str):
+    from ..data.readers import VisualGenome
+    from ..data.vocab import Vocab
+    from .sources import CocoWithCaptions
+
+    tokenizer = load_tokenizer(data_cfg["tokenizer"])
+    sources, num_classes, num_attributes = [], None, 0
+    for name, s in spec.items():
+        paths = data_cfg[name]
+        if name == "coco":
+            dataset = CocoWithCaptions(paths["instances"], paths["captions"], paths["images"])
+            num_classes = num_classes or len(dataset.detection.coco.getCatIds())
+        else:
+            objects, attributes = Vocab.load(paths["object_vocab"]), Vocab.load(paths["attribute_vocab"])
+            dataset = VisualGenome(paths["image_data"], paths["objects"], paths["attributes"],
+                                   paths.get("region_descriptions"), paths["images"], objects, attributes)
+            num_classes, num_attributes = len(objects), len(attributes)
+        sources.append(Source(name, dataset, tuple(s.get("tasks", ("mlm", "itm", "detection", "attributes",
+                                                                   "caption"))), float(s.get("weight", 1.0))))
+    overrides = dict(vocab_size=len(tokenizer), num_classes=num_classes, num_attributes=num_attributes,
+                     pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                     sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
+                     bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    return sources, tokenizer, overrides, None
+
+
+def image_transforms(image_cfg: dict):
+    """(train, eval) transforms from the config's data.image section (DETR's defaults when empty)."""
+    scales = tuple(image_cfg.get("train_scales", range(480, 801, 32)))
+    max_size = int(image_cfg.get("max_size", 1333))
+    train = make_train_transforms(scales=scales, max_size=max_size, crop=bool(image_cfg.get("crop", True)),
+                                  flip=bool(image_cfg.get("flip", True)))
+    evaluation = make_eval_transforms(size=int(image_cfg.get("eval_size", max(scales))), max_size=max_size)
+    return train, evaluation
+
+
+def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult:
+    """Train E2E-VLP with the joint objective. Writes `<output_dir>/{pretrain_config.json, tokenizer/, model/,
+    checkpoints/, log.jsonl}`."""
+    config = copy.deepcopy(config)
+    data_cfg = config.get("data", {})
+    sources, tokenizer, data_overrides, setup = build_data(data_cfg)
+    model_cfg = config.get("model", {})
+    model = build_e2evlp(model_cfg.get("preset", "e2evlp-tiny"),
+                         **{**data_overrides, **model_cfg.get("overrides", {})})
+    objective = PretrainingObjective(ObjectiveConfig.from_dict(config.get("objective", {})),
+                                     model.config.num_classes, model.config.num_attributes,
+                                     model.config.pad_token_id)
+    train_tf, _ = image_transforms(data_cfg.get("image", {}))
+    trainer_cfg = TrainerConfig.from_dict(config.get("trainer", {}))
+    dataset = PretrainingDataset(sources, train_tf, seed=trainer_cfg.seed)
+    collator = PretrainingCollator(tokenizer, max_length=model.config.max_text_length,
+                                   mlm_probability=float(data_cfg.get("mlm_probability", 0.15)),
+                                   p_negative=float(data_cfg.get("itm_negative_rate", 0.5)), seed=trainer_cfg.seed)
+    out = Path(trainer_cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pretrain_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    save_tokenizer(tokenizer, out / "tokenizer")
+    trainer = Trainer(model, objective, dataset, collator, trainer_cfg, eval_fn=eval_fn)
+    history = trainer.train(resume=resume)
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(out / "model")
+    return PretrainResult(model, tokenizer, history, out, setup)

@@ -36,13 +36,11 @@ def capture_rng_state() -> dict[str, Any]:
     """The state of every random generator of this process.
 
     Returns:
-        dict with keys
-          "python": int64 tensor [628]: version, the 625 words of `random.getstate()`, then a gauss_next flag
-                    and the float's 64 bits,
-          "numpy": dict(keys=uint32->int64 tensor [624], pos, has_gauss, cached_gaussian),
-          "torch": uint8 tensor (CPU generator),
-          "cuda": [uint8 tensor] of this process's current CUDA device, or [] when CUDA is not in use
-                  (each DDP process drives one device; touching all visible ones would create a context on each).
+        dict with keys "python" (int64 tensor [628]: version, the 625 words of `random.getstate()`, then a
+        gauss_next flag and the float's 64 bits), "numpy" (dict(keys=uint32->int64 tensor [624], pos, has_gauss,
+        cached_gaussian)), "torch" (uint8 tensor, the CPU generator) and "cuda" ([uint8 tensor] of this process's
+        current CUDA device, or [] when CUDA is not in use: each DDP process drives one device, and touching all
+        visible ones would create a context on each).
     """
     return {
         "python": _pack_python(random.getstate()),

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batch import Batch
-from ..losses.label_smoothing import label_smoothed_cross_entropy
-from ..losses.set_criterion import SetCriterion
+from ..losses import SetCriterion, label_smoothed_cross_entropy
 from ..ops import HungarianMatcher
 from ..ops.distributed import reduce_counts
 

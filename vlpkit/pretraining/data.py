@@ -162,7 +162,7 @@ class PretrainingCollator:
         generator = torch.Generator().manual_seed(rng.getrandbits(63))
         masked_ids, mlm_labels = mask_tokens(input_ids, attention_mask, self.tokenizer, generator,
                                              self.mlm_probability)
-        no_mlm = torch.tensor([label != 1 or "mlm" not in t["tasks"] for label, t in zip(itm, targets)])
+        no_mlm = torch.tensor([label == 0 or "mlm" not in t["tasks"] for label, t in zip(itm, targets)])
         mlm_labels[no_mlm] = IGNORE_INDEX
         caption_ids, _, _ = collate_texts(list(captions), self.tokenizer, self.max_length)
         no_caption = torch.tensor(["caption" not in t["tasks"] for t in targets])

@@ -1,0 +1,82 @@
+import torch
+
+from vlpkit.data.masking import IGNORE_INDEX
+from vlpkit.data.transforms import make_train_transforms
+from vlpkit.pretraining.data import PretrainingCollator, PretrainingDataset, Source
+from vlpkit.pretraining.shapes import shapes_sources
+
+
+def _dataset(setup, **kw):
+    tf = make_train_transforms(scales=(64,), max_size=96, crop=False, flip=True)
+    return PretrainingDataset(shapes_sources(setup, **kw), tf, seed=5)
+
+
+def test_mixture_sizes_follow_weights(shapes_setup):
+    ds = _dataset(shapes_setup, coco_weight=2.0, vg_weight=0.5)
+    n_coco, n_vg = (len(s.dataset) for s in ds.sources)
+    assert len(ds) == 2 * n_coco + round(0.5 * n_vg)
+    names = [ds[i][1]["source"] for i in range(len(ds))]
+    assert names.count("coco") == 2 * n_coco and names.count("vg") == round(0.5 * n_vg)
+    ds.set_epoch(1)
+    assert len(ds) == 2 * n_coco + round(0.5 * n_vg)
+
+
+def test_items_reproducible_per_seed_epoch_index(shapes_setup):
+    a, b = _dataset(shapes_setup), _dataset(shapes_setup)
+    for i in (0, 7, len(a) - 1):
+        ia, ta, ca = a[i]
+        ib, tb, cb = b[i]
+        assert torch.equal(ia, ib) and ca == cb and torch.equal(ta["boxes"], tb["boxes"])
+    a.set_epoch(3)
+    differs = any(a[i][2] != b[i][2] or not torch.equal(a[i][0], b[i][0]) for i in range(10))
+    assert differs  # another epoch draws other captions / flips
+
+
+def test_source_tasks_shape_targets(shapes_setup):
+    ds = _dataset(shapes_setup, coco_tasks=("mlm", "itm", "caption"), vg_tasks=("detection",))
+    for i in range(len(ds)):
+        _, target, _ = ds[i]
+        if target["source"] == "coco":
+            assert not target["has_boxes"] and len(target["boxes"]) == 0
+        else:
+            assert target["has_boxes"] and "attributes" not in target and len(target["boxes"]) > 0
+
+
+def test_collator_itm_mlm_caption_fields(shapes_setup):
+    ds = _dataset(shapes_setup)
+    tok = shapes_setup.tokenizer
+    collate = PretrainingCollator(tok, max_length=40, seed=1)
+    batch = collate([ds[i] for i in range(16)])
+    coco = [t["source"] == "coco" for t in batch.targets]
+    for i, meta in enumerate(batch.meta):
+        label = int(batch.itm_labels[i])
+        if not coco[i]:
+            assert label == IGNORE_INDEX  # vg does not serve ITM by default
+            assert (batch.caption_ids[i, 1:] == tok.pad_token_id).all()  # nor generation
+            assert (batch.mlm_labels[i] != IGNORE_INDEX).any()  # but it serves MLM on its own phrase
+        elif label == 0:
+            # a negative's text is another image's caption
+            other = [j for j, m in enumerate(batch.meta) if m["caption"] == meta["text"]]
+            assert other and all(batch.meta[j]["image_key"] != meta["image_key"] for j in other)
+            assert (batch.mlm_labels[i] == IGNORE_INDEX).all()  # no MLM on mismatched pairs
+        else:
+            assert label == 1 and meta["text"] == meta["caption"]
+            assert (batch.mlm_labels[i] != IGNORE_INDEX).any()
+        # caption_ids encode the true caption, whatever the encoder text is
+        if coco[i]:
+            expected = tok(meta["caption"], truncation=True, max_length=40)["input_ids"]
+            assert batch.caption_ids[i, : len(expected)].tolist() == expected
+    labels = batch.itm_labels[batch.itm_labels != IGNORE_INDEX]
+    assert (labels == 0).any() and (labels == 1).any()
+    again = collate([ds[i] for i in range(16)])
+    assert torch.equal(again.input_ids, batch.input_ids) and torch.equal(again.itm_labels, batch.itm_labels)
+
+
+def test_unknown_task_and_bad_weight_named(shapes_setup):
+    import pytest
+
+    src = shapes_sources(shapes_setup)[0]
+    with pytest.raises(ValueError, match="unknown task.*'grounding'"):
+        Source("x", src.dataset, ("grounding",))
+    with pytest.raises(ValueError, match="weight must be a positive"):
+        Source("x", src.dataset, ("mlm",), weight=0)

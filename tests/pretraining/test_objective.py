@@ -1,0 +1,111 @@
+import json
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vlpkit import build_e2evlp
+from vlpkit.data.transforms import make_train_transforms
+from vlpkit.losses import label_smoothed_cross_entropy
+from vlpkit.pretraining.data import PretrainingCollator, PretrainingDataset
+from vlpkit.pretraining.objective import ObjectiveConfig, PretrainingObjective
+from vlpkit.pretraining.shapes import shapes_sources
+
+
+def _setup(shapes_setup, tasks=None, batch=8):
+    torch.manual_seed(0)
+    model = build_e2evlp("e2evlp-tiny", dropout=0.0, **shapes_setup.model_overrides()).eval()
+    cfg = ObjectiveConfig() if tasks is None else ObjectiveConfig(tasks=tasks)
+    objective = PretrainingObjective(cfg, model.config.num_classes, model.config.num_attributes,
+                                     model.config.pad_token_id)
+    ds = PretrainingDataset(shapes_sources(shapes_setup, vg_tasks=("mlm", "detection", "attributes")),
+                            make_train_transforms(scales=(64,), max_size=96, crop=False), seed=0)
+    order = list(range(0, len(ds), max(1, len(ds) // batch)))[:batch]
+    return model, objective, PretrainingCollator(shapes_setup.tokenizer, seed=0)([ds[i] for i in order])
+
+
+def test_terms_equal_independent_formulas(shapes_setup):
+    model, objective, batch = _setup(shapes_setup)
+    with torch.no_grad():
+        out = objective(model, batch)
+        enc = model.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask,
+                           batch.token_type_ids)
+        mlm = F.cross_entropy(model.mlm_logits(enc).flatten(0, 1), batch.mlm_labels.flatten())
+        itm = F.cross_entropy(model.itm_logits(enc), batch.itm_labels)
+        alone = model.encode(batch.pixel_values, batch.pixel_mask)  # the image alone: no caption leak
+        cap = label_smoothed_cross_entropy(model.caption_logits(alone, batch.caption_ids[:, :-1]),
+                                           batch.caption_ids[:, 1:], 0.1, ignore_index=model.config.pad_token_id)
+    torch.testing.assert_close(out["mlm"], mlm)
+    torch.testing.assert_close(out["itm"], itm)
+    torch.testing.assert_close(out["caption"], cap)
+    weighted = {"det/loss_ce": 1, "det/loss_bbox": 5, "det/loss_giou": 2, "det/loss_attr": 1}
+    det = sum(w * out[k] + w * out[k + "_0"] for k, w in weighted.items())  # e2evlp-tiny: 2 decoder layers
+    torch.testing.assert_close(out["detection"], det)
+    torch.testing.assert_close(out["loss"], out["mlm"] + out["itm"] + out["detection"] + out["caption"])
+    assert out["det/loss_attr"] > 0  # the vg images carry attributes
+
+
+@pytest.mark.parametrize("tasks", [("mlm", "itm"), ("mlm", "itm", "detection", "caption"),
+                                   ("mlm", "itm", "detection", "attributes")])
+def test_tasks_switch_off(shapes_setup, tasks):
+    model, objective, batch = _setup(shapes_setup, tasks)
+    out = objective(model, batch)
+    assert ("caption" in out) == ("caption" in tasks)
+    assert ("detection" in out) == ("detection" in tasks)
+    assert ("det/loss_attr" in out) == ("attributes" in tasks)
+    out["loss"].backward()
+    decoder_grad = model.decoder.layers[0].ffn.linear1.weight.grad
+    assert (decoder_grad is not None) == ("detection" in tasks or "caption" in tasks)
+
+
+def test_invalid_task_configs():
+    with pytest.raises(ValueError, match="needs 'detection'"):
+        ObjectiveConfig(tasks=("mlm", "attributes"))
+    with pytest.raises(ValueError, match="unknown pretraining task"):
+        ObjectiveConfig(tasks=("mlm", "vqa"))
+
+
+def _rank(rank, init_file, out_file, model, objective, batch):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        half = len(batch) // 2
+        sl = slice(rank * half, (rank + 1) * half)
+        from vlpkit.data.batch import Batch
+
+        part = Batch(**{k: (v[sl] if torch.is_tensor(v) or isinstance(v, list) else v)
+                        for k, v in vars(batch).items()})
+        with torch.no_grad():
+            out = objective(model, part)
+    finally:
+        dist.destroy_process_group()
+    with open(out_file, "w") as f:
+        json.dump({k: float(v) for k, v in out.items()}, f)
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+@pytest.mark.timeout(180)
+def test_two_processes_match_one_global_batch(shapes_setup, tmp_path):
+    """Each rank divides by the count averaged over ranks, so the mean of the ranks' terms (what DDP's gradient
+    averaging optimises) equals the single-process term over the whole batch."""
+    model, objective, batch = _setup(shapes_setup)
+    with torch.no_grad():
+        single = objective(model, batch)
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_rank, args=(r, str(tmp_path / "init"), str(tmp_path / f"{r}.json"), model,
+                                              objective, batch)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=150)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    for term in ("mlm", "itm", "caption", "det/loss_bbox", "det/loss_giou", "det/loss_attr"):
+        mean = (ranks[0][term] + ranks[1][term]) / 2
+        assert mean == pytest.approx(float(single[term]), rel=1e-5), term
+    # DETR's class term is a weighted mean per process (as in DETR): equal only within tolerance
+    ce = (ranks[0]["det/loss_ce"] + ranks[1]["det/loss_ce"]) / 2
+    assert ce == pytest.approx(float(single["det/loss_ce"]), rel=0.05)

@@ -109,8 +109,8 @@ class PretrainingDataset(Dataset):
             target = {k: v for k, v in target.items() if k not in ("boxes", "labels", "attributes")}
         elif "attributes" not in source.tasks:
             target.pop("attributes", None)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed(self.seed, self.epoch, i, "augment"))
+        with torch.random.fork_rng(devices=[]):  # torchvision's v2 transforms draw from the global CPU generator
+            torch.default_generator.manual_seed(_seed(self.seed, self.epoch, i, "augment"))
             image, target, caption = self.transforms(sample["image"], target, caption)
         target["has_boxes"] = "detection" in source.tasks
         target["tasks"] = source.tasks

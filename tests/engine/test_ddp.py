@@ -54,7 +54,7 @@ def make_trainer(output_dir, batch_size: int, **kw) -> Trainer:
     seed_everything(0)
     config = TrainerConfig(output_dir=str(output_dir), batch_size=batch_size, max_steps=STEPS, grad_accum_steps=2,
                            save_every=2, lr=1e-2, backbone_lr=1e-3, clip_max_norm=0.5, log_every=1,
-                           progress_bar=False, seed=3, **kw)
+                           progress_bar=False, seed=3, backbone_prefix="backbone.", **kw)
     return Trainer(Toy(), loss_fn, ToyData(), None, config)
 
 

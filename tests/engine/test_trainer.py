@@ -61,7 +61,7 @@ def _fresh_accelerate_state():
 
 def _config(tmp_path, name="run", **kw) -> TrainerConfig:
     base = dict(output_dir=str(tmp_path / name), batch_size=4, epochs=2, lr=1e-2, backbone_lr=1e-3,
-                save_every=0, log_every=1, progress_bar=False, seed=3)
+                save_every=0, log_every=1, progress_bar=False, seed=3, backbone_prefix="backbone.")
     return TrainerConfig(**{**base, **kw})
 
 

@@ -1,4 +1,4 @@
-"""Command line: `vlpkit demo`, `vlpkit pretrain`, `vlpkit smoke`, `vlpkit params`."""
+"""Command line: `vlpkit demo`, `vlpkit pretrain`, `vlpkit finetune`, `vlpkit smoke`, `vlpkit params`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,66 @@ def _pretrain(args: argparse.Namespace) -> int:
     from .pretraining.run import load_config, pretrain
 
     pretrain(load_config(args.config, args.set), resume=args.resume)
+    return 0
+
+
+TASKS = {"vqa": ("vqa", "VQAConfig"), "nlvr2": ("nlvr2", "NLVR2Config"),
+         "caption": ("captioning", "CaptioningConfig"), "retrieval": ("retrieval", "RetrievalConfig"),
+         "detection": ("detection", "DetectionConfig")}
+
+
+def _split_overrides(items: list[str]) -> tuple[dict, dict]:
+    """`task.key=value` / `trainer.key=value` -> (task dict, trainer dict); values parsed as YAML."""
+    import yaml
+
+    task, trainer = {}, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot or section not in ("task", "trainer"):
+            raise SystemExit(f"--set {item!r}: expected task.KEY=VALUE or trainer.KEY=VALUE")
+        (task if section == "task" else trainer)[field] = yaml.safe_load(value)
+    return task, trainer
+
+
+def _task_data(data: str, shapes_images: int):
+    """'shapes' -> a generated shapes world; otherwise a YAML/JSON file of dataset paths."""
+    from pathlib import Path
+
+    import yaml
+
+    if data == "shapes":
+        from .pretraining.shapes import prepare_shapes
+
+        return prepare_shapes(num_images=shapes_images)
+    path = Path(data)
+    if not path.is_file():
+        raise SystemExit(f"--data {data!r}: expected 'shapes' or a YAML/JSON file of dataset paths")
+    return yaml.safe_load(path.read_text())
+
+
+def _checkpoint(path: str | None):
+    """A pretraining run folder (with model/) or a save_pretrained folder; None: a fresh model."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    p = Path(path)
+    return p / "model" if (p / "model" / "config.json").is_file() else p
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import importlib
+    import json
+
+    module_name, config_name = TASKS[args.task]
+    module = importlib.import_module(f".tasks.{module_name}", __package__)
+    task_overrides, trainer_overrides = _split_overrides(args.set)
+    config = getattr(module, config_name).from_dict(task_overrides)
+    finetune = getattr(module, f"finetune_{module_name}")
+    result = finetune(_checkpoint(args.checkpoint), _task_data(args.data, args.shapes_images), args.output,
+                      config=config, trainer_overrides=trainer_overrides)
+    print(json.dumps(result.get("metrics", result), indent=2, default=str))
     return 0
 
 
@@ -67,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pre.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     pre.set_defaults(func=_pretrain)
+    fin = sub.add_parser("finetune", help="fine-tune a pretrained model on a downstream task and evaluate it")
+    fin.add_argument("task", choices=sorted(TASKS))
+    fin.add_argument("--checkpoint", default=None, help="pretraining run or model folder (default: fresh model)")
+    fin.add_argument("--data", default="shapes", help="'shapes' or a YAML/JSON file of dataset paths")
+    fin.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")
+    fin.add_argument("--output", required=True, help="output folder (model, metrics, results files)")
+    fin.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE|trainer.KEY=VALUE")
+    fin.set_defaults(func=_finetune)
     smoke = sub.add_parser("smoke", help="build a model and run one forward pass on a random image")
     smoke.add_argument("--preset", default="e2evlp-tiny")
     smoke.add_argument("--height", type=int, default=128)

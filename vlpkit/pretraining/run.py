@@ -29,6 +29,7 @@ from ..builder import build_e2evlp
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer, TrainerConfig
+from ..inference import save_labels
 from .data import PretrainingCollator, PretrainingDataset, Source
 from .objective import ObjectiveConfig, PretrainingObjective
 
@@ -75,7 +76,8 @@ class PretrainResult:
 
 
 def build_data(data_cfg: dict, split: str = "train"):
-    """-> (sources, tokenizer, model overrides, setup) from the config's data section."""
+    """-> (sources, tokenizer, model overrides, setup) from the config's data section; `setup` is the ShapesSetup
+    for the shapes world, or (object names, attribute names) for the real files."""
     data_cfg = copy.deepcopy(data_cfg)
     kind = data_cfg.get("kind", "shapes")
     spec = {s["name"]: s for s in data_cfg.get("sources", [{"name": "coco"}, {"name": "vg"}])}
@@ -101,29 +103,47 @@ def build_data(data_cfg: dict, split: str = "train"):
 
 
 def _file_sources(data_cfg: dict, spec: dict, split: str):
+    """Sources over the real files. With both COCO and Visual Genome, COCO's categories are mapped into the VG
+    object vocabulary by name, so that both sources share one class head."""
     from ..data.readers import VisualGenome
     from ..data.vocab import Vocab
-    from .sources import CocoWithCaptions
+    from .sources import CocoWithCaptions, coco_category_names
 
     tokenizer = load_tokenizer(data_cfg["tokenizer"])
-    sources, num_classes, num_attributes = [], None, 0
+    objects = attributes = None
+    if "vg" in spec:
+        objects = Vocab.load(data_cfg["vg"]["object_vocab"])
+        attributes = Vocab.load(data_cfg["vg"]["attribute_vocab"])
+    sources = []
     for name, s in spec.items():
         paths = data_cfg[name]
         if name == "coco":
-            dataset = CocoWithCaptions(paths["instances"], paths["captions"], paths["images"])
-            num_classes = num_classes or len(dataset.detection.coco.getCatIds())
+            names = coco_category_names(paths["instances"])
+            category_map = "contiguous"
+            if objects is not None:
+                import json
+
+                cats = json.loads(Path(paths["instances"]).read_text())["categories"]
+                missing = sorted(c["name"] for c in cats if objects.get(c["name"]) is None)
+                if missing:
+                    raise ValueError(f"COCO categories {missing} are not in the VG object vocabulary "
+                                     f"{data_cfg['vg']['object_vocab']}; add them (or aliases) to share one class head")
+                category_map = {c["id"]: objects.get(c["name"]) for c in cats}
+            else:
+                objects = Vocab(names, name="coco categories")
+            dataset = CocoWithCaptions(paths["instances"], paths["captions"], paths["images"], category_map)
         else:
-            objects, attributes = Vocab.load(paths["object_vocab"]), Vocab.load(paths["attribute_vocab"])
             dataset = VisualGenome(paths["image_data"], paths["objects"], paths["attributes"],
                                    paths.get("region_descriptions"), paths["images"], objects, attributes)
-            num_classes, num_attributes = len(objects), len(attributes)
         sources.append(Source(name, dataset, tuple(s.get("tasks", ("mlm", "itm", "detection", "attributes",
                                                                    "caption"))), float(s.get("weight", 1.0))))
-    overrides = dict(vocab_size=len(tokenizer), num_classes=num_classes, num_attributes=num_attributes,
+    overrides = dict(vocab_size=len(tokenizer), num_classes=len(objects),
+                     num_attributes=len(attributes) if attributes is not None else 0,
                      pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
                      sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
                      bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-    return sources, tokenizer, overrides, None
+    labels = (list(objects), list(attributes) if attributes is not None else [])
+    return sources, tokenizer, overrides, labels
 
 
 def image_transforms(image_cfg: dict):
@@ -158,8 +178,13 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     save_tokenizer(tokenizer, out / "tokenizer")
+    # label names beside the model, so that vlpkit.inference.Predictor.from_pretrained(out) can name detections
+    if isinstance(setup, tuple):
+        save_labels(out, *setup)
+    elif setup is not None:
+        save_labels(out, setup.object_vocab.tokens, setup.attribute_vocab.tokens)
     trainer = Trainer(model, objective, dataset, collator, trainer_cfg, eval_fn=eval_fn)
     history = trainer.train(resume=resume)
     if trainer.accelerator.is_main_process:
         model.save_pretrained(out / "model")
-    return PretrainResult(model, tokenizer, history, out, setup)
+    return PretrainResult(model, tokenizer, history, out, setup if not isinstance(setup, tuple) else None)

@@ -1,0 +1,504 @@
+"""Inference on raw images: `E2EVLPPredictor` bundles a model, its tokenizer, the evaluation transforms and the
+label names, and offers one method per use:
+
+    >>> predictor = E2EVLPPredictor.from_pretrained("runs/demo")
+    >>> predictor.caption(images)                    # ["two red circles ...", ...]
+    >>> predictor.detect(images, threshold=0.5)      # [{"boxes": [N, 4] xyxy pixels, "labels": [...], ...}, ...]
+    >>> predictor.match(images, texts)               # [N_img, N_txt] probability that text j describes image i
+    >>> predictor.answer(images, questions)          # needs a VQA fine-tuned folder
+
+`images` is one image or a list of them: PIL images of any mode (converted to RGB) or uint8 tensors [C, H, W]
+(C = 3, 1 or 4), or a uint8 tensor [N, 3, H, W]. Every method returns one entry per image, in order.
+
+A predictor folder is what `vlpkit pretrain` writes (a *run* folder) or a model folder:
+
+    <run>/model/config.json, <run>/model/model.safetensors     the E2EVLP (or a task model) weights
+    <run>/tokenizer/                                           the WordPiece tokenizer (load_tokenizer)
+    <run>/labels.json                                          label names (save_labels)
+    <run>/pretrain_config.json                                 optional: the eval image size (data.image)
+
+or the same files flat in one folder (`config.json`, `model.safetensors`, `tokenizer/`, `labels.json`,
+`preprocessing.json`), as `E2EVLPPredictor.save_pretrained` and the task fine-tuning functions write them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import pkgutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image as PILImage
+from torch import nn
+from torchvision.ops import box_convert
+
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, read_metadata
+from .data.batch import Batch, collate_images, collate_texts
+from .data.tokenization import load_tokenizer, save_tokenizer
+from .data.transforms import make_eval_transforms
+from .models import E2EVLP
+from .models.outputs import ImageEmbedding
+from .ops.postprocess import postprocess_detections
+
+logger = logging.getLogger(__name__)
+
+LABELS_NAME = "labels.json"
+PREPROCESSING_NAME = "preprocessing.json"
+PRETRAIN_CONFIG_NAME = "pretrain_config.json"
+TOKENIZER_DIR = "tokenizer"
+LABELS_FORMAT = "vlpkit.labels"
+
+__all__ = ["E2EVLPPredictor", "Predictor", "Captions", "LabelNames", "PretrainedFiles", "locate_pretrained",
+           "save_labels", "load_labels", "save_preprocessing"]
+
+
+# ---- the folder layout ------------------------------------------------------------------------------------
+@dataclass
+class LabelNames:
+    """Names of the model's label spaces (from `labels.json`).
+
+    objects: one name per detection class (index = class id).
+    attributes: one name per attribute id.
+    answers: one answer per VQA class (VQA task folders), or None.
+    category_ids: the COCO `category_id` of each object class (detection task folders), or None.
+    """
+
+    objects: list[str]
+    attributes: list[str]
+    answers: list[str] | None = None
+    category_ids: list[int] | None = None
+
+
+def save_labels(directory: str | Path, objects: Sequence[str], attributes: Sequence[str] = (),
+                answers: Sequence[str] | None = None, category_ids: Sequence[int] | None = None) -> Path:
+    """Write `directory/labels.json`:
+    `{"format": "vlpkit.labels", "version": 1, "objects": [...], "attributes": [...]}` (+ "answers",
+    "category_ids" when given). `objects[k]` names detection class k, `attributes[a]` attribute a; an empty list
+    means the names are unknown."""
+    if category_ids is not None and len(category_ids) != len(objects):
+        raise ValueError(f"{len(category_ids)} category ids for {len(objects)} object names")
+    data: dict[str, Any] = {"format": LABELS_FORMAT, "version": 1, "objects": [str(o) for o in objects],
+                            "attributes": [str(a) for a in attributes]}
+    if answers is not None:
+        data["answers"] = [str(a) for a in answers]
+    if category_ids is not None:
+        data["category_ids"] = [int(c) for c in category_ids]
+    path = Path(directory) / LABELS_NAME
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n"))
+    return path
+
+
+def load_labels(path: str | Path) -> LabelNames:
+    """Read a `labels.json` written by `save_labels` (a folder holding it, or the file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / LABELS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path} (expected a {LABELS_NAME} written by save_labels)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or data.get("format") != LABELS_FORMAT:
+        raise ValueError(f"{path} is not a vlpkit label file: expected a JSON object with "
+                         f"\"format\": \"{LABELS_FORMAT}\", \"objects\" and \"attributes\"")
+    for key in ("objects", "attributes", "answers"):
+        value = data.get(key, [] if key != "answers" else None)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{path}: {key!r} must be a list of strings")
+    return LabelNames(list(data["objects"]), list(data.get("attributes", [])), data.get("answers"),
+                      data.get("category_ids"))
+
+
+def save_preprocessing(directory: str | Path, image_size: int, max_size: int) -> Path:
+    """Write `directory/preprocessing.json`: the evaluation transform's sizes (`make_eval_transforms`)."""
+    data = {"image_size": int(image_size), "max_size": int(max_size)}
+    return atomic_write(Path(directory) / PREPROCESSING_NAME,
+                        lambda tmp: Path(tmp).write_text(json.dumps(data) + "\n"))
+
+
+@dataclass
+class PretrainedFiles:
+    """Where the pieces of a predictor folder are (see the module docstring). Optional pieces are None."""
+
+    root: Path
+    model_dir: Path
+    tokenizer_dir: Path | None
+    labels: Path | None
+    preprocessing: Path | None
+    pretrain_config: Path | None
+
+
+def locate_pretrained(path: str | Path) -> PretrainedFiles:
+    """Find the model, tokenizer, labels and preprocessing files of a run folder or a flat model folder.
+
+    Raises:
+        FileNotFoundError: `path` holds neither `config.json` + `model.safetensors` nor `model/` with them.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"pretrained folder not found: {root}")
+    candidates = [root, root / "model"]
+    model_dir = next((d for d in candidates if (d / CONFIG_NAME).is_file() and (d / WEIGHTS_NAME).is_file()), None)
+    if model_dir is None:
+        raise FileNotFoundError(f"{root} holds no model: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it or in "
+                                f"{root / 'model'} (found: {sorted(p.name for p in root.iterdir())})")
+
+    def first(name: str, is_dir: bool = False) -> Path | None:
+        for folder in dict.fromkeys([model_dir, root]):
+            candidate = folder / name
+            if candidate.is_dir() if is_dir else candidate.is_file():
+                return candidate
+        return None
+
+    return PretrainedFiles(root, model_dir, first(TOKENIZER_DIR, is_dir=True), first(LABELS_NAME),
+                           first(PREPROCESSING_NAME), first(PRETRAIN_CONFIG_NAME))
+
+
+def _image_sizes(files: PretrainedFiles) -> tuple[int, int] | None:
+    """(shorter side, longer-side cap) of the evaluation transform recorded in the folder, if any."""
+    if files.preprocessing is not None:
+        data = json.loads(files.preprocessing.read_text())
+        return int(data["image_size"]), int(data["max_size"])
+    if files.pretrain_config is not None:
+        # the same defaults as vlpkit.pretraining.run.image_transforms
+        image = json.loads(files.pretrain_config.read_text()).get("data", {}).get("image", {})
+        scales = image.get("train_scales", range(480, 801, 32))
+        return int(image.get("eval_size", max(scales))), int(image.get("max_size", 1333))
+    return None
+
+
+def _find_task_class(name: str) -> type:
+    """The class `name` (a `TaskModel` subclass with `from_pretrained`) among the modules of `vlpkit.tasks`."""
+    from . import tasks
+
+    failures = []
+    for info in pkgutil.iter_modules(tasks.__path__):
+        try:
+            module = importlib.import_module(f"{tasks.__name__}.{info.name}")
+        except Exception as err:  # a broken unrelated task module must not hide the one we look for
+            failures.append(f"{info.name}: {type(err).__name__}: {err}")
+            continue
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and callable(getattr(cls, "from_pretrained", None)):
+            return cls
+    raise ValueError(f"the weights were saved by task model {name!r}, but no module of vlpkit.tasks defines "
+                     f"{name}.from_pretrained" + (f" (modules that failed to import: {failures})" if failures else ""))
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------
+class Captions(NamedTuple):
+    """`caption(..., return_scores=True)`: texts [N] and scores [N] (length-penalised log-probabilities)."""
+
+    texts: list[str]
+    scores: torch.Tensor
+
+
+@dataclass
+class PreparedImages:
+    """Preprocessed images: pixel_values [N, 3, H, W], pixel_mask [N, H, W] (True = real pixel),
+    orig_sizes [N, 2] (height, width) of the images as given."""
+
+    pixel_values: torch.Tensor
+    pixel_mask: torch.Tensor
+    orig_sizes: torch.Tensor
+
+
+# ---- the predictor -------------------------------------------------------------------------------------------
+class E2EVLPPredictor:
+    """An `E2EVLP` ready for raw images and strings.
+
+    Args:
+        model: the pretrained (or fine-tuned) `E2EVLP`.
+        tokenizer: its `BertTokenizerFast`.
+        object_names / attribute_names: names of the detection classes / attributes (None: detections are named
+            by their index, with a warning).
+        image_size / max_size: the evaluation transform (shorter side, cap on the longer side); use the sizes
+            the model was trained at.
+        batch_size: images (or image-text pairs for `match`) per forward pass.
+        vqa_model: a VQA task model (`vlpkit.tasks.vqa.VQAModel`) whose `e2evlp` is `model`; enables `answer`.
+            Duck-typed: `vqa_model(batch)` returns answer logits [B, A] (or a dict with "logits").
+        answer_names: the A answers of `vqa_model` (default: its `answer_vocab` / `answers` attribute).
+    """
+
+    def __init__(self, model: E2EVLP, tokenizer, object_names: Sequence[str] | None = None,
+                 attribute_names: Sequence[str] | None = None, image_size: int = 800, max_size: int = 1333,
+                 batch_size: int = 16, vqa_model: nn.Module | None = None,
+                 answer_names: Sequence[str] | None = None) -> None:
+        if not isinstance(model, E2EVLP):
+            raise TypeError(f"model must be an E2EVLP, got {type(model).__name__} (a task model? pass its .e2evlp)")
+        config = model.config
+        if len(tokenizer) > config.vocab_size or tokenizer.cls_token_id != config.cls_token_id:
+            raise ValueError(f"the tokenizer ({len(tokenizer)} tokens, [CLS]={tokenizer.cls_token_id}) does not fit "
+                             f"the model (vocab_size={config.vocab_size}, cls_token_id={config.cls_token_id})")
+        if object_names is not None and len(object_names) != config.num_classes:
+            raise ValueError(f"{len(object_names)} object names for a model with num_classes={config.num_classes}")
+        if attribute_names is not None and attribute_names and len(attribute_names) != config.num_attributes:
+            raise ValueError(f"{len(attribute_names)} attribute names for a model with "
+                             f"num_attributes={config.num_attributes}")
+        if object_names is None:
+            logger.warning("E2EVLPPredictor: no object names given; detections are labelled by class index")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if vqa_model is not None and getattr(vqa_model, "e2evlp", model) is not model:
+            raise ValueError("vqa_model.e2evlp must be the predictor's model (build the predictor with "
+                             "model=vqa_model.e2evlp)")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.object_names = list(object_names) if object_names is not None else None
+        self.attribute_names = list(attribute_names) if attribute_names else None
+        self.image_size, self.max_size = int(image_size), int(max_size)
+        self.transforms = make_eval_transforms(self.image_size, self.max_size)
+        self.batch_size = batch_size
+        self.vqa_model = vqa_model.eval() if vqa_model is not None else None
+        if answer_names is None and vqa_model is not None:
+            answer_names = getattr(vqa_model, "answer_vocab", None) or getattr(vqa_model, "answers", None)
+        self.answer_names = list(answer_names) if answer_names is not None else None
+        self.task_model = vqa_model  # the task model the weights came from, if any (set by from_pretrained)
+
+    # ---- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        image_size: int | None = None, max_size: int | None = None,
+                        batch_size: int = 16) -> E2EVLPPredictor:
+        """Load a run folder or a model folder (see the module docstring).
+
+        The weights may be a pretrained `E2EVLP` or any task model saved with `TaskModel.save_pretrained` (its
+        `e2evlp` serves captioning, detection and matching; a VQA task model also serves `answer`). Image sizes
+        default to those recorded in the folder (`preprocessing.json`, else the task model's `eval_size` /
+        `max_size`, else `pretrain_config.json`), else 800/1333.
+        """
+        files = locate_pretrained(path)
+        task = read_metadata(files.model_dir / WEIGHTS_NAME).get("task")
+        task_model = None
+        if task is None:
+            model = E2EVLP.from_pretrained(files.model_dir)
+        else:
+            task_model = _find_task_class(task).from_pretrained(files.model_dir)
+            model = task_model.e2evlp
+        if files.tokenizer_dir is None:
+            raise FileNotFoundError(f"no {TOKENIZER_DIR}/ folder in {files.model_dir} or {files.root} "
+                                    "(save it with vlpkit.data.save_tokenizer)")
+        tokenizer = load_tokenizer(files.tokenizer_dir)
+        labels = load_labels(files.labels) if files.labels is not None else None
+        if labels is None:
+            logger.warning("no %s in %s: detections will be labelled by class index", LABELS_NAME, files.root)
+        recorded = _image_sizes(files)
+        if files.preprocessing is None and all(hasattr(task_model, k) for k in ("eval_size", "max_size")):
+            recorded = int(task_model.eval_size), int(task_model.max_size)  # e.g. VQAModel records its own
+        if recorded is None and (image_size is None or max_size is None):
+            logger.warning("%s records no image size; using %s", files.root, (image_size or 800, max_size or 1333))
+        size, cap = recorded or (800, 1333)
+        # an empty list in labels.json means "names unknown"
+        predictor = cls(model, tokenizer, (labels.objects or None) if labels else None,
+                        labels.attributes if labels else None, image_size or size, max_size or cap, batch_size,
+                        vqa_model=task_model if task == "VQAModel" else None,
+                        answer_names=labels.answers if labels else None)
+        predictor.task_model = task_model
+        return predictor.to(device) if device is not None else predictor
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write a flat predictor folder: the model (or VQA task model) weights, tokenizer/, labels.json and
+        preprocessing.json; `from_pretrained(directory)` reads it back."""
+        directory = Path(directory)
+        source = self.task_model if self.task_model is not None else self.model
+        source.save_pretrained(directory)
+        save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
+        save_labels(directory, self.object_names or [], self.attribute_names or [], self.answer_names)
+        save_preprocessing(directory, self.image_size, self.max_size)
+        return directory
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> E2EVLPPredictor:
+        (self.task_model if self.task_model is not None else self.model).to(device)
+        return self
+
+    # ---- inputs ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _as_list(images: Any) -> list:
+        if isinstance(images, PILImage.Image) or (isinstance(images, torch.Tensor) and images.dim() == 3):
+            return [images]
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4:
+                raise ValueError(f"images: expected a tensor [3, H, W] or [N, 3, H, W], got shape "
+                                 f"{tuple(images.shape)}")
+            return list(images.unbind(0))
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("images: got an empty list")
+            return list(images)
+        raise TypeError(f"images: expected a PIL image, a uint8 tensor [3, H, W] or a list of them, got "
+                        f"{type(images).__name__}")
+
+    def preprocess(self, images: Any, first_index: int = 0) -> PreparedImages:
+        """The evaluation transform and padding of `images` (errors name the image by its index, counted from
+        `first_index`)."""
+        pixels, sizes = [], []
+        for i, image in enumerate(self._as_list(images), start=first_index):
+            # the transform's checks name the image by target["image_id"]: its index in the caller's list
+            pixel_values, target, _ = self.transforms(image, {"image_id": i}, None)
+            pixels.append(pixel_values)
+            sizes.append(target["orig_size"])
+        pixel_values, pixel_mask = collate_images(pixels)
+        return PreparedImages(pixel_values.to(self.device), pixel_mask.to(self.device), torch.stack(sizes))
+
+    def _texts(self, texts: Any, count: int, what: str) -> list[str]:
+        if isinstance(texts, str):
+            return [texts] * count if count else [texts]
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"{what}: expected a string or a list of strings, got {type(texts).__name__}")
+        if count and len(texts) != count:
+            raise ValueError(f"{what}: got {len(texts)} texts for {count} images (give one per image, or one "
+                             "string for all)")
+        if not texts:
+            raise ValueError(f"{what}: got an empty list")
+        return list(texts)
+
+    def _encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, mask, types = collate_texts(texts, self.tokenizer, self.model.config.max_text_length)
+        return ids.to(self.device), mask.to(self.device), types.to(self.device)
+
+    def _chunks(self, items: list) -> list[tuple[int, list]]:
+        return [(start, items[start:start + self.batch_size]) for start in range(0, len(items), self.batch_size)]
+
+    # ---- tasks -------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def caption(self, images: Any, num_beams: int = 4, max_length: int = 30, return_scores: bool = False,
+                **generate_kwargs) -> list[str] | Captions:
+        """Describe each image: beam search on the image-only encoding (`E2EVLP.generate`).
+
+        Args:
+            num_beams / max_length / generate_kwargs: see `vlpkit.generation.generate`.
+            return_scores: also return each caption's score.
+        Returns:
+            one caption per image, or `Captions(texts, scores)` with `return_scores=True`.
+        """
+        texts, scores = [], []
+        for start, chunk in self._chunks(self._as_list(images)):
+            prepared = self.preprocess(chunk, start)
+            out = self.model.generate(prepared.pixel_values, prepared.pixel_mask, num_beams=num_beams,
+                                      max_length=max_length, **generate_kwargs)
+            texts += self.tokenizer.batch_decode(out.sequences.cpu(), skip_special_tokens=True)
+            scores.append(out.scores.float().cpu())
+        return Captions(texts, torch.cat(scores)) if return_scores else texts
+
+    @torch.inference_mode()
+    def detect(self, images: Any, text: str | Sequence[str] | None = None, threshold: float = 0.5,
+               max_detections: int | None = None, attribute_threshold: float = 0.5,
+               max_attributes: int = 3) -> list[dict]:
+        """Detect objects (and their attributes) in each image.
+
+        Args:
+            text: None encodes `[CLS] [SEP] grid` (the image alone); a string (for all images) or one string per
+                image encodes `[CLS] text [SEP] grid`, as in pretraining and in detection with paired text.
+            threshold: keep detections whose class probability is at least this.
+            max_detections: keep at most this many per image (highest scores first); None keeps all.
+            attribute_threshold / max_attributes: see `vlpkit.ops.postprocess_detections`.
+        Returns:
+            one dict per image, detections sorted by decreasing score: "boxes" float [N, 4] xyxy in pixels of
+            the image as given (clamped to it), "scores" [N], "labels" N class names, "label_ids" long [N],
+            "attributes" N lists of attribute names and "attribute_ids" N lists of ids (when the model has an
+            attribute head).
+        """
+        items = self._as_list(images)
+        texts = None if text is None else self._texts(text, len(items), "detect(text=...)")
+        results = []
+        for start, chunk in self._chunks(items):
+            prepared = self.preprocess(chunk, start)
+            if texts is None:
+                ids = mask = types = None
+            else:
+                ids, mask, types = self._encode_texts(texts[start:start + len(chunk)])
+            encoding = self.model.encode(prepared.pixel_values, prepared.pixel_mask, ids, mask, types)
+            detections = postprocess_detections(self.model.detect(encoding).to_dict(), attribute_threshold,
+                                                max_attributes)
+            for det, size in zip(detections, prepared.orig_sizes.tolist()):
+                results.append(self._format_detections(det, size, threshold, max_detections))
+        return results
+
+    def _format_detections(self, det: dict, size: list[int], threshold: float, max_detections: int | None) -> dict:
+        height, width = size
+        keep = (det["scores"] >= threshold).nonzero().flatten()
+        keep = keep[det["scores"][keep].argsort(descending=True, stable=True)][:max_detections]
+        # normalised boxes are fractions of the image as given: the eval transform only rescales it
+        boxes = box_convert(det["boxes"][keep].float(), "cxcywh", "xyxy").cpu()
+        boxes = boxes * torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        label_ids = det["labels"][keep].cpu()
+        names = self.object_names
+        out = {"boxes": boxes, "scores": det["scores"][keep].float().cpu(),
+               "labels": [names[k] if names else str(k) for k in label_ids.tolist()], "label_ids": label_ids}
+        if "attributes" in det:
+            ids = [det["attributes"][k] for k in keep.tolist()]
+            attr = self.attribute_names
+            out["attribute_ids"] = ids
+            out["attributes"] = [[attr[a] if attr else str(a) for a in row] for row in ids]
+        return out
+
+    @torch.inference_mode()
+    def match(self, images: Any, texts: str | Sequence[str]) -> torch.Tensor:
+        """Image-text matching: [N_img, N_txt] probability (softmax of `itm_logits`, index 1) that text j
+        describes image i. Each image is embedded once and encoded with every text."""
+        items = self._as_list(images)
+        texts = self._texts(texts, 0, "match(texts=...)")
+        ids, mask, types = self._encode_texts(texts)
+        scores = torch.empty(len(items), len(texts))
+        for start, chunk in self._chunks(items):
+            prepared = self.preprocess(chunk, start)
+            image = self.model.embed_image(prepared.pixel_values, prepared.pixel_mask)
+            pairs = [(i, j) for i in range(len(chunk)) for j in range(len(texts))]
+            for _, part in self._chunks(pairs):
+                rows = torch.tensor([i for i, _ in part], device=self.device)
+                cols = torch.tensor([j for _, j in part], device=self.device)
+                selected = ImageEmbedding(image.features[rows], image.pos[rows], image.padding_mask[rows],
+                                          image.grid_size)
+                encoding = self.model.encode(input_ids=ids[cols], attention_mask=mask[cols],
+                                             token_type_ids=types[cols], image=selected)
+                prob = self.model.itm_logits(encoding).float().softmax(-1)[:, 1].cpu()
+                scores[rows.cpu() + start, cols.cpu()] = prob
+        return scores
+
+    @torch.inference_mode()
+    def answer(self, images: Any, questions: str | Sequence[str], return_scores: bool = False):
+        """Answer one question per image with the VQA head (the most probable answer of its vocabulary).
+
+        Needs a VQA fine-tuned model: `E2EVLPPredictor.from_pretrained(<folder written by the VQA fine-tuning>)`,
+        or `vqa_model=` and `answer_names=` in the constructor.
+        Returns:
+            one answer per image, or (answers, probabilities [N]) with `return_scores=True`.
+        """
+        if self.vqa_model is None:
+            raise RuntimeError("answer() needs a VQA fine-tuned model, and this predictor has none: load a VQA "
+                               "task folder (vlpkit.tasks.vqa, e.g. `vlpkit finetune vqa` output) "
+                               "with E2EVLPPredictor.from_pretrained, or pass vqa_model=VQAModel and answer_names=")
+        if self.answer_names is None:
+            raise RuntimeError("answer() needs the answer vocabulary: pass answer_names=, or give the VQA model an "
+                               "answer_vocab attribute, or list them under \"answers\" in labels.json")
+        items = self._as_list(images)
+        questions = self._texts(questions, len(items), "answer(questions=...)")
+        answers, probs = [], []
+        for start, chunk in self._chunks(items):
+            prepared = self.preprocess(chunk, start)
+            ids, mask, types = self._encode_texts(questions[start:start + len(chunk)])
+            batch = Batch(pixel_values=prepared.pixel_values, pixel_mask=prepared.pixel_mask, input_ids=ids,
+                          attention_mask=mask, token_type_ids=types, targets=[{} for _ in chunk])
+            out = self.vqa_model(batch)
+            logits = out["logits"] if isinstance(out, dict) else out
+            if logits.shape != (len(chunk), len(self.answer_names)):
+                raise ValueError(f"the VQA model returned logits of shape {tuple(logits.shape)}, expected "
+                                 f"[{len(chunk)}, {len(self.answer_names)}] (images, answers)")
+            # VQA heads are trained with binary cross-entropy on soft scores: sigmoid gives each answer's score
+            p, k = logits.float().sigmoid().max(-1)
+            answers += [self.answer_names[i] for i in k.tolist()]
+            probs.append(p.cpu())
+        return (answers, torch.cat(probs)) if return_scores else answers
+
+
+#: Short alias.
+Predictor = E2EVLPPredictor

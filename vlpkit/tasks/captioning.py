@@ -1,0 +1,587 @@
+"""Image captioning (COCO captions / Karpathy split) with E2E-VLP's own decoder.
+
+The encoder reads the image alone (`[CLS] [SEP] grid`, never the caption it predicts); the shared decoder generates
+the caption through the caption LM head that pretraining already trained (tied to the word embeddings). Fine-tuning
+therefore adds **no parameter**: `CaptionModel.head` is an `nn.Identity`.
+
+- training: teacher forcing, label-smoothed cross-entropy (`vlpkit.losses.label_smoothed_cross_entropy`,
+  epsilon 0.1) over the tokens of `[CLS] caption [SEP]` after `[CLS]`;
+- inference: beam search (4 beams) with the GNMT length penalty ((5 + len) / 6) ** 0.9 (`vlpkit.generation`);
+- evaluation: BLEU-4 and CIDEr-D through pycocoevalcap (`vlpkit.metrics.captioning`); references and candidates
+  are PTB-tokenised (Stanford PTBTokenizer when Java is present, its documented pure-python stand-in otherwise);
+  results in the COCO caption results format `[{"image_id", "caption"}]`.
+
+This module also holds what the retrieval task shares with it: where a split's images and captions are
+(`CaptionData`, `caption_data`), and the preprocessing of raw images (`prepare_images`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from torch import nn
+
+from ..builder import build_e2evlp
+from ..checkpoint import CONFIG_NAME
+from ..config import E2EVLPConfig
+from ..data.batch import Batch, collate_images, collate_texts
+from ..data.readers import CocoCaptions, KarpathyDataset
+from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer, save_tokenizer
+from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import Trainer, TrainerConfig
+from ..generation.length_penalty import LENGTH_PENALTY_STYLES
+from ..losses.label_smoothing import label_smoothed_cross_entropy
+from ..metrics.captioning import (
+    DEFAULT_METRICS,
+    METRICS,
+    TOKENIZERS,
+    evaluate_captions,
+    write_caption_results,
+)
+from ..models import E2EVLP
+from ..models.outputs import GenerationOutput
+from ..ops.distributed import reduce_counts
+from .base import TaskModel, load_e2evlp
+
+DETR_TRAIN_SCALES = tuple(range(480, 801, 32))
+BACKBONE_PREFIX = "e2evlp.backbone.trunk."  # parameter names inside a TaskModel (the trainer's backbone_lr group)
+
+
+def _check_fields(cls, data: Mapping[str, Any], what: str) -> None:
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields: {valid}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class CaptioningConfig:
+    """Recipe of caption fine-tuning and decoding.
+
+    From the paper (issue 7): label-smoothed loss, beam size 4, GNMT length penalty alpha 0.9. Not stated there,
+    chosen by vlpkit: batch 64, lr 5e-5 (the retrieval recipe's), backbone lr lr/10 (DETR's ratio), 10 epochs,
+    epsilon 0.1, DETR's image sizes without the random crop (a crop can cut away what the caption mentions).
+    """
+
+    batch_size: int = 64
+    epochs: int = 10
+    lr: float = 5e-5
+    backbone_lr: float = 5e-6
+    weight_decay: float = 1e-4
+    lr_drop_epochs: list[int] = field(default_factory=list)
+    warmup_steps: int = 0
+    clip_max_norm: float = 0.1
+    seed: int = 42
+    label_smoothing: float = 0.1
+    max_caption_length: int = DEFAULT_MAX_TEXT_LENGTH  # tokens of `[CLS] caption [SEP]` in teacher forcing
+    num_beams: int = 4
+    length_penalty: float = 0.9
+    length_penalty_style: str = "gnmt"
+    max_generation_length: int = 30  # generated tokens, EOS included
+    min_generation_length: int = 0
+    train_scales: list[int] = field(default_factory=lambda: list(DETR_TRAIN_SCALES))
+    max_size: int = 1333
+    eval_size: int = 800
+    flip: bool = True  # horizontal flip also swaps "left"/"right" in the caption
+    crop: bool = False
+    eval_batch_size: int = 16
+    eval_tokenizer: str = "auto"  # "auto" (PTB with Java, else the pure-python stand-in), "ptb" or "simple"
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_eval_images: int | None = None  # evaluate on the first N images of a split (None: all)
+
+    def __post_init__(self) -> None:
+        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        self.train_scales = [int(s) for s in self.train_scales]
+        self.metrics = list(self.metrics)
+        problems = []
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"label_smoothing={self.label_smoothing} (expected 0 <= eps < 1)")
+        if self.num_beams < 1:
+            problems.append(f"num_beams={self.num_beams} (expected >= 1)")
+        if self.length_penalty_style not in LENGTH_PENALTY_STYLES:
+            problems.append(f"length_penalty_style={self.length_penalty_style!r} (expected one of "
+                            f"{LENGTH_PENALTY_STYLES})")
+        if self.max_caption_length < 3:
+            problems.append(f"max_caption_length={self.max_caption_length} (expected >= 3: [CLS] word [SEP])")
+        if not 0 <= self.min_generation_length <= self.max_generation_length or self.max_generation_length < 1:
+            problems.append(f"min/max_generation_length={self.min_generation_length}/{self.max_generation_length}")
+        if self.eval_tokenizer not in TOKENIZERS or self.eval_tokenizer == "none":
+            problems.append(f"eval_tokenizer={self.eval_tokenizer!r} (expected 'auto', 'ptb' or 'simple')")
+        if not self.metrics or any(m not in METRICS for m in self.metrics):
+            problems.append(f"metrics={self.metrics} (expected names from {METRICS})")
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.epochs < 1:
+            problems.append(f"batch_size={self.batch_size}, eval_batch_size={self.eval_batch_size}, "
+                            f"epochs={self.epochs} (expected >= 1)")
+        if problems:
+            raise ValueError("invalid CaptioningConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaptioningConfig:
+        _check_fields(cls, data, "CaptioningConfig")
+        return cls(**data)
+
+    def trainer_config(self, output_dir: str | Path, **overrides: Any) -> TrainerConfig:
+        """The engine's TrainerConfig for this recipe; `overrides` are TrainerConfig fields (they win)."""
+        return task_trainer_config(self, output_dir, **overrides)
+
+
+def task_trainer_config(config, output_dir: str | Path, **overrides: Any) -> TrainerConfig:
+    """TrainerConfig from a task config's batch_size, epochs, lr, backbone_lr, weight_decay, lr_drop_epochs,
+    warmup_steps, clip_max_norm and seed; `overrides` are TrainerConfig fields (they win)."""
+    return TrainerConfig(
+        output_dir=str(output_dir), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        backbone_lr=config.backbone_lr, weight_decay=config.weight_decay, lr_drop_epochs=config.lr_drop_epochs,
+        warmup_steps=config.warmup_steps, clip_max_norm=config.clip_max_norm, seed=config.seed,
+        backbone_prefix=BACKBONE_PREFIX,
+        # heads the task does not use (detection, MLM...) get no gradient: DDP must be told
+        find_unused_parameters=True,
+    ).replace(**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: where each split's images and captions are (shared with vlpkit.tasks.retrieval)
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class CaptionSplit:
+    """One split: a COCO `captions_*.json` with its image folder, or a Karpathy `dataset_*.json` with the root its
+    `filepath`s are relative to and the Karpathy split names it covers (e.g. ("train", "restval"))."""
+
+    annotations: Path
+    image_root: Path
+    karpathy_splits: tuple[str, ...] | None = None
+
+    def reader(self, per: str = "image", transforms=None) -> CocoCaptions | KarpathyDataset:
+        """The official-format reader: `per="image"` (samples with "captions") or `"caption"` ("text")."""
+        if self.karpathy_splits is None:
+            return CocoCaptions(self.annotations, self.image_root, transforms=transforms, per=per)
+        return KarpathyDataset(self.annotations, self.image_root, split=self.karpathy_splits, per=per,
+                               transforms=transforms)
+
+
+@dataclass
+class CaptionData:
+    """A tokenizer, the splits by name, and the E2EVLPConfig fields a fresh model needs for this tokenizer."""
+
+    tokenizer: Any
+    splits: dict[str, CaptionSplit]
+    model_overrides: dict[str, Any]
+
+    def split(self, name: str) -> CaptionSplit:
+        if name not in self.splits:
+            raise KeyError(f"no split {name!r} in the caption data; available: {sorted(self.splits)}")
+        return self.splits[name]
+
+
+PATHS_HELP = """caption data paths (a dict, or a .json/.yaml file holding it), either COCO captions files:
+  {"tokenizer": DIR, "splits": {"train": {"captions": captions_train2014.json, "images": train2014/},
+                                "val": {...}, "test": {...}}}
+or one Karpathy file:
+  {"tokenizer": DIR, "karpathy": dataset_coco.json, "images": ROOT,
+   "splits": {"train": ["train", "restval"], "val": "val", "test": "test"}}   ("splits" optional, this default)"""
+
+
+def tokenizer_overrides(tokenizer) -> dict[str, Any]:
+    """E2EVLPConfig fields that must agree with a tokenizer ([CLS] starts and [SEP] ends a caption)."""
+    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
+                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+
+
+def caption_data(setup_or_paths) -> CaptionData:
+    """Resolve the data argument of `finetune_captioning` / `finetune_retrieval`.
+
+    Args:
+        setup_or_paths: a `ShapesSetup` (`vlpkit.pretraining.shapes.prepare_shapes`: its COCO
+            `captions_{split}.json` with `world.image_dir(split)`), a `CaptionData`, or the paths described in
+            `PATHS_HELP` (a dict or a JSON/YAML file).
+    """
+    if isinstance(setup_or_paths, CaptionData):
+        return setup_or_paths
+    if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "model_overrides"):  # ShapesSetup
+        world = setup_or_paths.world
+        splits = {s: CaptionSplit(world.captions(s), world.image_dir(s)) for s in ("train", "val", "test")}
+        return CaptionData(setup_or_paths.tokenizer, splits, setup_or_paths.model_overrides())
+    paths = setup_or_paths
+    source = "the caption data dict"
+    if isinstance(paths, (str, Path)):
+        path = Path(paths)
+        if not path.is_file():
+            raise FileNotFoundError(f"caption data file not found: {path}\n{PATHS_HELP}")
+        paths, source = yaml.safe_load(path.read_text()), str(path)  # YAML also reads JSON
+    if not isinstance(paths, Mapping):
+        raise TypeError(f"expected a ShapesSetup, CaptionData, dict or file for the caption data, got "
+                        f"{type(paths).__name__}\n{PATHS_HELP}")
+    if "tokenizer" not in paths:
+        raise ValueError(f"{source} lacks 'tokenizer'\n{PATHS_HELP}")
+    tokenizer = load_tokenizer(paths["tokenizer"])
+    splits: dict[str, CaptionSplit] = {}
+    if "karpathy" in paths:
+        if "images" not in paths:
+            raise ValueError(f"{source}: a Karpathy file needs 'images' (the root of its filepaths)\n{PATHS_HELP}")
+        spec = paths.get("splits", {"train": ["train", "restval"], "val": "val", "test": "test"})
+        for name, names in spec.items():
+            names = (names,) if isinstance(names, str) else tuple(names)
+            splits[name] = CaptionSplit(Path(paths["karpathy"]), Path(paths["images"]), names)
+    else:
+        if not isinstance(paths.get("splits"), Mapping) or not paths["splits"]:
+            raise ValueError(f"{source} needs 'splits' (or 'karpathy')\n{PATHS_HELP}")
+        for name, spec in paths["splits"].items():
+            if not isinstance(spec, Mapping) or not {"captions", "images"} <= set(spec):
+                raise ValueError(f"{source}: split {name!r} needs 'captions' and 'images', got {spec!r}\n{PATHS_HELP}")
+            splits[name] = CaptionSplit(Path(spec["captions"]), Path(spec["images"]))
+    return CaptionData(tokenizer, splits, tokenizer_overrides(tokenizer))
+
+
+def load_task_e2evlp(checkpoint, data: CaptionData, preset: str = "e2evlp-tiny") -> E2EVLP:
+    """The E2EVLP a task starts from: `checkpoint` (a folder or a model), or a fresh `preset` sized for the data
+    (checkpoint=None). The model's vocabulary and special ids must agree with the data's tokenizer; a pretraining
+    run that saved its tokenizer beside the model (`<run>/model`, `<run>/tokenizer`) must have used the same one."""
+    model = load_e2evlp(checkpoint, preset, **(data.model_overrides if checkpoint is None else {}))
+    expected = tokenizer_overrides(data.tokenizer)
+    wrong = {k: (getattr(model.config, k), v) for k, v in expected.items() if getattr(model.config, k) != v}
+    if wrong:
+        raise ValueError(f"the model does not fit the data's tokenizer ((model, tokenizer) values: {wrong}); "
+                         "fine-tune with the tokenizer used in pretraining")
+    if isinstance(checkpoint, (str, Path)):
+        sibling = Path(checkpoint).parent / "tokenizer"
+        if (sibling / "vocab.txt").is_file() and load_tokenizer(sibling).get_vocab() != data.tokenizer.get_vocab():
+            raise ValueError(f"the data's tokenizer differs from the pretraining tokenizer {sibling}: token ids would "
+                             "not mean what the checkpoint learned; give that tokenizer in the data paths")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Raw images -> model inputs (shared with vlpkit.tasks.retrieval)
+# ---------------------------------------------------------------------------------------------------------------
+def _as_image_list(images) -> list:
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            return [images]
+        if images.dim() == 4:
+            return list(images)
+        raise ValueError(f"an image tensor must be [3, H, W] or a batch [B, 3, H, W], got {list(images.shape)}")
+    images = list(images)
+    if not images:
+        raise ValueError("no images given")
+    return images
+
+
+def prepare_images(images, transforms) -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL images or image tensors -> padded `pixel_values` [B, 3, H, W] and `pixel_mask` [B, H, W] (True = pixel).
+
+    Tensors are [3, H, W] (or a batch [B, 3, H, W]): uint8 in 0..255, or float in [0, 1] (converted to uint8 first,
+    as the evaluation transforms expect). `transforms` is e.g. `make_eval_transforms(800, 1333)`.
+    """
+    tensors = []
+    for i, image in enumerate(_as_image_list(images)):
+        if isinstance(image, torch.Tensor) and image.is_floating_point():
+            if image.numel() and (image.min() < 0 or image.max() > 1):
+                raise ValueError(f"image {i}: a float image tensor must hold values in [0, 1] (uint8 0..255 also "
+                                 f"works), got [{float(image.min()):.3g}, {float(image.max()):.3g}]")
+            image = (image * 255).round().to(torch.uint8)
+        elif not isinstance(image, (Image.Image, torch.Tensor)):
+            raise TypeError(f"image {i} is a {type(image).__name__}; expected a PIL image or a tensor [3, H, W]")
+        tensor, _, _ = transforms(image, {"image_id": i}, None)
+        tensors.append(tensor)
+    return collate_images(tensors)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------------------------
+class CaptionCollator:
+    """Samples of a captions reader with `per="caption"` (`{"image", "image_id", "target", "text"}`) -> `Batch`.
+
+    Batch fields: pixel_values/pixel_mask; input_ids `[CLS] [SEP]` for every row (the encoder reads the image
+    alone); caption_ids/caption_mask `[CLS] caption [SEP] [PAD]...` (teacher forcing input and targets);
+    meta `{"image_id", "caption"}`.
+    """
+
+    def __init__(self, tokenizer, max_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: Sequence[dict]) -> Batch:
+        if not samples:
+            raise ValueError("CaptionCollator got an empty batch")
+        for s in samples:
+            if "text" not in s:
+                raise KeyError(f"sample of image {s.get('image_id')!r} has no 'text' (keys {sorted(s)}); read the "
+                               "training split with per='caption'")
+        pixel_values, pixel_mask = collate_images([s["image"] for s in samples])
+        caption_ids, caption_mask, _ = collate_texts([s["text"] for s in samples], self.tokenizer, self.max_length)
+        b = len(samples)
+        tok = self.tokenizer
+        input_ids = torch.tensor([[tok.cls_token_id, tok.sep_token_id]]).repeat(b, 1)
+        return Batch(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids,
+                     attention_mask=torch.ones_like(input_ids), token_type_ids=torch.zeros_like(input_ids),
+                     targets=[s["target"] for s in samples], caption_ids=caption_ids, caption_mask=caption_mask,
+                     meta=[{"image_id": s["image_id"], "caption": s["text"]} for s in samples])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class CaptionPrediction:
+    """`CaptionModel.caption` output, one entry per image.
+
+    captions: the best caption; scores: its length-penalised log-probability (higher = better);
+    beams / beam_scores: every returned hypothesis, best first (only with `return_all_beams=True`).
+    """
+
+    captions: list[str]
+    scores: list[float]
+    beams: list[list[str]] | None = None
+    beam_scores: list[list[float]] | None = None
+
+
+class CaptionModel(TaskModel):
+    """E2EVLP fine-tuned for captioning. No new parameter: the head is the pretrained caption LM head.
+
+    `tokenizer` (for `caption`) and the evaluation image size are kept on the instance, not in the weights.
+    """
+
+    def __init__(self, e2evlp: E2EVLP, tokenizer=None, eval_size: int = 800, max_size: int = 1333) -> None:
+        super().__init__(e2evlp, nn.Identity())
+        self.tokenizer = tokenizer
+        self.eval_size, self.max_size = eval_size, max_size
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_or_model: str | Path | E2EVLP | None, tokenizer=None, eval_size: int = 800,
+                        max_size: int = 1333, preset: str = "e2evlp-tiny", **overrides) -> CaptionModel:
+        """Wrap a pretrained E2EVLP (folder from `E2EVLP.save_pretrained`, a model, or None: a fresh `preset`)."""
+        model = cls(load_e2evlp(checkpoint_or_model, preset, **overrides), tokenizer, eval_size, max_size)
+        model.report_new_parameters()  # empty: the caption head was trained in pretraining
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int = 800,
+                        max_size: int = 1333) -> CaptionModel:
+        """Load a fine-tuned captioner written by `save_pretrained` (and its tokenizer from `directory/tokenizer`)."""
+        directory = Path(directory)
+        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), tokenizer, eval_size, max_size)
+        model.load_task_weights(directory)
+        if model.tokenizer is None and (directory / "tokenizer").is_dir():
+            model.tokenizer = load_tokenizer(directory / "tokenizer")
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Config and weights (see `TaskModel.save_pretrained`), plus the tokenizer in `directory/tokenizer`."""
+        directory = super().save_pretrained(directory)
+        if self.tokenizer is not None:
+            save_tokenizer(self.tokenizer, directory / "tokenizer")
+        return directory
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Teacher-forced next-token logits from the image alone.
+
+        Uses batch.pixel_values/pixel_mask and batch.caption_ids [B, T] (batch.input_ids is not read).
+        Returns {"logits": [B, T-1, vocab_size]}; position t predicts caption_ids[:, t + 1].
+        """
+        if batch.caption_ids is None:
+            raise ValueError("CaptionModel.forward needs batch.caption_ids ([CLS] caption [SEP] token ids)")
+        encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask)
+        return {"logits": self.head(self.e2evlp.caption_logits(encoding, batch.caption_ids[:, :-1]))}
+
+    @torch.no_grad()
+    def generate(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None,
+                 **kwargs) -> GenerationOutput:
+        """Beam search / greedy decoding of preprocessed images; kwargs as `vlpkit.generation.generate`."""
+        return self.e2evlp.generate(pixel_values, pixel_mask, **kwargs)
+
+    @torch.no_grad()
+    def caption(self, images, num_beams: int = 4, max_length: int = 30, min_length: int = 0,
+                length_penalty: float = 0.9, length_penalty_style: str = "gnmt", return_all_beams: bool = False,
+                batch_size: int = 16) -> CaptionPrediction:
+        """Caption raw images: one PIL image or tensor [3, H, W], a batch [B, 3, H, W], or a list.
+
+        Images are resized (shorter side `eval_size`, longer at most `max_size`) and normalised here. Decoding runs
+        in eval mode (the previous mode is restored) on the model's device.
+        Returns a `CaptionPrediction` (with every beam when `return_all_beams`).
+        """
+        if self.tokenizer is None:
+            raise ValueError("CaptionModel.caption needs a tokenizer: pass tokenizer= to from_checkpoint/"
+                             "from_pretrained or set model.tokenizer")
+        images = _as_image_list(images)
+        transforms = make_eval_transforms(self.eval_size, self.max_size)
+        device = next(self.parameters()).device
+        out = CaptionPrediction([], [], [] if return_all_beams else None, [] if return_all_beams else None)
+        was_training = self.training
+        self.eval()
+        try:
+            for start in range(0, len(images), batch_size):
+                pixel_values, pixel_mask = prepare_images(images[start:start + batch_size], transforms)
+                gen = self.generate(pixel_values.to(device), pixel_mask.to(device), num_beams=num_beams,
+                                    max_length=max_length, min_length=min_length, length_penalty=length_penalty,
+                                    length_penalty_style=length_penalty_style,
+                                    num_return_sequences=num_beams if return_all_beams else 1)
+                out.captions += self.tokenizer.batch_decode(gen.sequences.cpu(), skip_special_tokens=True)
+                out.scores += gen.scores.float().cpu().tolist()
+                if return_all_beams:
+                    every = gen.all_sequences if gen.all_sequences is not None else gen.sequences[:, None]
+                    every_scores = gen.all_scores if gen.all_scores is not None else gen.scores[:, None]
+                    out.beams += [self.tokenizer.batch_decode(seqs.cpu(), skip_special_tokens=True) for seqs in every]
+                    out.beam_scores += every_scores.float().cpu().tolist()
+        finally:
+            self.train(was_training)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------------------------
+def captioning_loss(model: CaptionModel, batch: Batch, label_smoothing: float = 0.1) -> dict[str, torch.Tensor]:
+    """Label-smoothed cross-entropy of the caption tokens after [CLS] ([SEP] included, padding excluded).
+
+    Normalised by the number of target tokens averaged over processes (so DDP gradients equal one large
+    batch's). Returns {"loss", "nll"} ("nll": the unsmoothed cross-entropy, for logging).
+    """
+    logits = model(batch)["logits"].float()
+    targets = batch.caption_ids[:, 1:]
+    pad = model.config.pad_token_id
+    (num_tokens,) = reduce_counts([int((targets != pad).sum())], logits.device)
+    loss = label_smoothed_cross_entropy(logits, targets, label_smoothing, ignore_index=pad,
+                                        reduction="sum") / num_tokens
+    with torch.no_grad():
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad, reduction="sum") / num_tokens
+    return {"loss": loss, "nll": nll}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------
+def _unwrap(model) -> tuple[E2EVLP, nn.Module]:
+    if isinstance(model, TaskModel):
+        return model.e2evlp, model
+    if isinstance(model, E2EVLP):
+        return model, model
+    raise TypeError(f"expected a CaptionModel or E2EVLP, got {type(model).__name__}")
+
+
+@torch.no_grad()
+def predict_captions(model, tokenizer, reader, config: CaptioningConfig | None = None,
+                     max_images: int | None = None) -> tuple[dict, dict]:
+    """Caption the images of a `per="image"` reader (with evaluation transforms).
+
+    Returns ({image_id: caption}, {image_id: [reference captions]}).
+    """
+    config = config or CaptioningConfig()
+    e2evlp, module = _unwrap(model)
+    device = next(e2evlp.parameters()).device
+    n = len(reader) if max_images is None else min(max_images, len(reader))
+    predictions, references = {}, {}
+    was_training = module.training
+    module.eval()
+    try:
+        for start in range(0, n, config.eval_batch_size):
+            samples = [reader[i] for i in range(start, min(n, start + config.eval_batch_size))]
+            pixel_values, pixel_mask = collate_images([s["image"] for s in samples])
+            gen = e2evlp.generate(pixel_values.to(device), pixel_mask.to(device), num_beams=config.num_beams,
+                                  max_length=config.max_generation_length, min_length=config.min_generation_length,
+                                  length_penalty=config.length_penalty,
+                                  length_penalty_style=config.length_penalty_style)
+            for s, text in zip(samples, tokenizer.batch_decode(gen.sequences.cpu(), skip_special_tokens=True)):
+                predictions[s["image_id"]] = text
+                references[s["image_id"]] = list(s["captions"])
+    finally:
+        module.train(was_training)
+    return predictions, references
+
+
+def evaluate_captioning(model, tokenizer, data, split: str = "test", output_dir: str | Path | None = None,
+                        config: CaptioningConfig | None = None) -> dict[str, float]:
+    """Caption every image of `split` (beam search) and score against its reference captions.
+
+    Args:
+        model: a CaptionModel (or an E2EVLP). tokenizer: decodes the generated ids.
+        data: anything `caption_data` accepts. config: decoding and metric settings (default recipe).
+        output_dir: when given, writes `captions_{split}_vlpkit_results.json` (COCO caption results format,
+            `[{"image_id", "caption"}]`) and `captions_{split}_metrics.json`.
+    Returns:
+        {"Bleu_1".."Bleu_4", "ROUGE_L", "CIDEr"} (the configured metrics, pycocoevalcap scales: fractions, CIDEr-D
+        about 0-10) and "num_images".
+    """
+    config = config or CaptioningConfig()
+    data = caption_data(data)
+    reader = data.split(split).reader("image", make_eval_transforms(config.eval_size, config.max_size))
+    predictions, references = predict_captions(model, tokenizer, reader, config, config.max_eval_images)
+    metrics = evaluate_captions(references, predictions, tokenizer=config.eval_tokenizer, metrics=config.metrics)
+    metrics["num_images"] = float(len(predictions))
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_caption_results(out / f"captions_{split}_vlpkit_results.json", predictions)
+        (out / f"captions_{split}_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tuning
+# ---------------------------------------------------------------------------------------------------------------
+def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
+                        config: CaptioningConfig | Mapping | None = None,
+                        trainer_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune for captioning, evaluate on the val and test splits, save model and metrics.
+
+    Args:
+        checkpoint: a pretraining folder (`E2EVLP.save_pretrained`), an E2EVLP, or None (a fresh e2evlp-tiny
+            sized for the data's tokenizer).
+        setup_or_paths: see `caption_data`.
+        output_dir: receives the trainer's checkpoints and log, `model/` (CaptionModel.save_pretrained, with its
+            tokenizer), `captions_test_vlpkit_results.json`, `captioning_config.json` and `metrics.json`.
+        config: a CaptioningConfig or a dict of its fields. trainer_overrides: TrainerConfig fields.
+    Returns:
+        {"train": {"steps", "first_loss", "last_loss"}, "val": metrics, "test": metrics, "output_dir"}.
+    """
+    config = config if isinstance(config, CaptioningConfig) else CaptioningConfig.from_dict(config or {})
+    data = caption_data(setup_or_paths)
+    out = Path(output_dir)
+    model = CaptionModel.from_checkpoint(load_task_e2evlp(checkpoint, data), data.tokenizer, config.eval_size,
+                                         config.max_size)
+    train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
+                                     flip=config.flip)
+    train_set = data.split(config.train_split).reader("caption", train_tf)
+    val_metrics: dict[str, float] = {}
+
+    def eval_fn(m):
+        val_metrics.update(evaluate_captioning(m, data.tokenizer, data, config.val_split, config=config))
+        return val_metrics
+
+    trainer = Trainer(model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing), train_set,
+                      CaptionCollator(data.tokenizer, config.max_caption_length),
+                      config.trainer_config(out, **dict(trainer_overrides or {})),
+                      eval_fn=eval_fn if config.val_split in data.splits else None)
+    history = trainer.train()
+    result: dict[str, Any] = {"train": {"steps": len(history), "first_loss": history[0]["loss"] if history else None,
+                                        "last_loss": history[-1]["loss"] if history else None},
+                              "output_dir": str(out)}
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(out / "model")
+        (out / "captioning_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if val_metrics:
+            result["val"] = dict(val_metrics)
+        if config.test_split in data.splits:
+            result["test"] = evaluate_captioning(model, data.tokenizer, data, config.test_split, out, config)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

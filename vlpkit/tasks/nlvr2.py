@@ -1,0 +1,475 @@
+"""NLVR2 with E2E-VLP: is a sentence true of a pair of images?
+
+Recipe (E2E-VLP, following LXMERT / UNITER's "paired" setting):
+
+* each image of the pair is encoded with the sentence, `[CLS] sentence [SEP] image grid`; the two images of a
+  batch of B pairs go through `encode` as one batch of 2B (pair i: rows 2i = left, 2i+1 = right, the sentence
+  repeated), and the `[CLS]` states [2B, d] are reshaped to [B, 2d] = (left ; right);
+* head: Linear(2d, 2d) - GELU - LayerNorm - Linear(2d, 2) (`NLVR2Head`; index 1 = True); cross-entropy;
+* optimisation: the VQA recipe (batch 32, 12 epochs, lr 1e-4 with x0.1 after epochs 6 and 9);
+* metric: the official accuracy (and consistency) of `nlvr2/eval/metrics.py` on the official prediction CSV
+  (`identifier,True|False`), on dev and test-P (`test1`) separately.
+
+Images are never flipped: "left"/"right" name the two images, not positions inside one.
+
+    model = NLVR2Model.from_pretrained("runs/nlvr2/model")
+    model.predict([left], [right], ["The left image has more stars than the right image."])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..builder import build_e2evlp
+from ..checkpoint import CONFIG_NAME, atomic_write
+from ..config import ConfigError, E2EVLPConfig
+from ..data.batch import Batch, collate_images, collate_texts
+from ..data.readers.nlvr2 import NLVR2Dataset
+from ..data.tokenization import load_tokenizer, save_tokenizer
+from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import Trainer, TrainerConfig
+from ..metrics import nlvr2 as nlvr2_metric
+from ..models import E2EVLP
+from .base import TaskModel, load_e2evlp
+from .vqa import IMAGE_DEFAULTS, check_tokenizer, find_tokenizer, task_trainer_config, tokenizer_overrides
+
+logger = logging.getLogger(__name__)
+
+TASK_FILE = "nlvr2_task.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+@dataclass
+class NLVR2Config:
+    """Fine-tuning hyper-parameters; the defaults are the paper's recipe (the same schedule as VQA).
+
+    `train_scales`, `max_size` and `eval_size` left at None take the data's defaults (see `VQAConfig`).
+    Trainer settings not listed here go in `trainer_overrides`.
+    """
+
+    batch_size: int = 32
+    epochs: int = 12
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5
+    lr_drop_epochs: list[int] = field(default_factory=lambda: [6, 9])
+    lr_drop_factor: float = 0.1
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    warmup_steps: int = 0
+    seed: int = 42
+    train_scales: list[int] | None = None
+    max_size: int | None = None
+    eval_size: int | None = None
+    eval_batch_size: int = 64  # pairs
+
+    def __post_init__(self) -> None:
+        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        if self.train_scales is not None:
+            self.train_scales = [int(s) for s in self.train_scales]
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NLVR2Config:
+        """Build from a dict; unknown keys raise a `ConfigError` listing the valid ones."""
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown NLVR2 config field(s) {unknown}; valid fields: {cls.field_names()}")
+        return cls(**data)
+
+    def image_settings(self, kind: str) -> dict[str, Any]:
+        """`train_scales`, `max_size`, `eval_size`: the set values, else the defaults of data `kind`."""
+        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in IMAGE_DEFAULTS[kind].items()}
+
+    def trainer_config(self, output_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainerConfig:
+        """The `TrainerConfig` of this recipe with `overrides` applied last (see `task_trainer_config`)."""
+        return task_trainer_config(self, output_dir, overrides)
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+@dataclass
+class NLVR2Split:
+    """One NLVR2 split: the official JSON-lines file and its image folder (`images/train`, `dev`, `test1`)."""
+
+    jsonl: Path
+    image_root: Path
+
+    def __post_init__(self) -> None:
+        self.jsonl, self.image_root = Path(self.jsonl), Path(self.image_root)
+
+    def dataset(self, transforms=None) -> NLVR2Dataset:
+        return NLVR2Dataset(self.jsonl, self.image_root, transforms=transforms)
+
+
+@dataclass
+class NLVR2Data:
+    """The training split, evaluation splits by name (dev, test1), the tokenizer, the kind of data ("shapes" or
+    "files": chooses the default image sizes) and, for the shapes world, majority-label baselines."""
+
+    train: NLVR2Split
+    eval: dict[str, NLVR2Split]
+    tokenizer: Any = None
+    kind: str = "files"
+    baselines: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_shapes(cls, setup) -> NLVR2Data:
+        world = setup.world
+        stats = world.stats()["nlvr2"]
+
+        def split(name: str) -> NLVR2Split:
+            return NLVR2Split(world.nlvr2(name), world.nlvr2_image_dir(name))
+
+        evals = {s: split(s) for s in ("dev", "test1") if stats.get(s, {}).get("num_statements")}
+        baselines = {s: {"majority_label": 100 * stats[s]["majority_accuracy"]} for s in evals}
+        return cls(split("train"), evals, setup.tokenizer, "shapes", baselines)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path = ".") -> NLVR2Data:
+        """From `{"train": split, "eval": {name: split}, "tokenizer": dir?}` where a split is `{"jsonl",
+        "image_root"}`; relative paths are read from `base_dir`."""
+        base = Path(base_dir)
+        unknown = sorted(set(data) - {"train", "eval", "tokenizer"})
+        if unknown or "train" not in data or "eval" not in data:
+            raise ConfigError(f"NLVR2 data description needs 'train' and 'eval' (optional 'tokenizer'); got keys "
+                              f"{sorted(data)}")
+
+        def split(d: Mapping[str, Any], where: str) -> NLVR2Split:
+            if not isinstance(d, Mapping) or set(d) != {"jsonl", "image_root"}:
+                raise ConfigError(f"NLVR2 data {where}: expected keys 'jsonl' and 'image_root', got {d!r}")
+            return NLVR2Split(base / Path(d["jsonl"]).expanduser(), base / Path(d["image_root"]).expanduser())
+
+        tokenizer = load_tokenizer(base / Path(data["tokenizer"]).expanduser()) if data.get("tokenizer") else None
+        return cls(split(data["train"], "train"), {n: split(d, f"eval[{n!r}]") for n, d in data["eval"].items()},
+                   tokenizer)
+
+    @classmethod
+    def resolve(cls, setup_or_paths) -> NLVR2Data:
+        """An `NLVR2Data`, a `ShapesSetup`, `"shapes"` (the default shapes world) or a YAML/JSON description."""
+        if isinstance(setup_or_paths, NLVR2Data):
+            return setup_or_paths
+        if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "tokenizer"):
+            return cls.from_shapes(setup_or_paths)
+        if setup_or_paths == "shapes":
+            from ..pretraining.shapes import prepare_shapes
+
+            return cls.from_shapes(prepare_shapes())
+        if isinstance(setup_or_paths, Mapping):
+            return cls.from_dict(setup_or_paths)
+        if isinstance(setup_or_paths, (str, Path)):
+            path = Path(setup_or_paths)
+            if not path.is_file():
+                raise FileNotFoundError(f"NLVR2 data description not found: {path} (expected 'shapes' or a "
+                                        "YAML/JSON file with 'train' and 'eval' splits)")
+            return cls.from_dict(yaml.safe_load(path.read_text()), path.parent)
+        raise TypeError(f"expected an NLVR2Data, ShapesSetup, 'shapes' or a description file, "
+                        f"got {type(setup_or_paths).__name__}")
+
+
+class NLVR2Collator:
+    """NLVR2Dataset samples -> `Batch` of B pairs.
+
+    `pixel_values` [2B, 3, H, W] / `pixel_mask` [2B, H, W] / `targets` (2B): pair i at rows 2i (left) and 2i+1
+    (right); `input_ids`, `attention_mask`, `token_type_ids` [B, L]: one sentence per pair; `labels` [B] (1 = True);
+    `meta`: {"identifier", "image_id"} per pair.
+    """
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: Sequence[dict]) -> Batch:
+        if not samples:
+            raise ValueError("NLVR2Collator got an empty batch")
+        for s in samples:
+            if len(s["images"]) != 2:
+                raise ValueError(f"NLVR2 example {s.get('identifier')!r} has {len(s['images'])} images; expected 2")
+        pixel_values, pixel_mask = collate_images([img for s in samples for img in s["images"]])
+        input_ids, attention_mask, token_type_ids = collate_texts([s["text"] for s in samples], self.tokenizer,
+                                                                  self.max_length)
+        return Batch(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids,
+                     attention_mask=attention_mask, token_type_ids=token_type_ids,
+                     targets=[t for s in samples for t in s["targets"]],
+                     labels=torch.tensor([int(s["label"]) for s in samples], dtype=torch.long),
+                     meta=[{"identifier": s["identifier"], "image_id": s["image_id"]} for s in samples])
+
+
+# ---- model -----------------------------------------------------------------------------------------------
+class NLVR2Head(nn.Module):
+    """The concatenated `[CLS]` states [B, 2d] of the left and right image -> [B, 2] logits (index 1 = True):
+    Linear(2d, 2d) - GELU - LayerNorm - Linear(2d, 2), as LXMERT's NLVR2 classifier."""
+
+    def __init__(self, d_model: int, layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(2 * d_model, 2 * d_model)
+        self.norm = nn.LayerNorm(2 * d_model, eps=layer_norm_eps)
+        self.classifier = nn.Linear(2 * d_model, 2)
+
+    def forward(self, pair_state: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(F.gelu(self.dense(pair_state))))
+
+
+class NLVR2Prediction(NamedTuple):
+    """Whether the sentence is judged true of the pair, and the probability of True."""
+
+    label: bool
+    probability: float
+
+
+class NLVR2Model(TaskModel):
+    """E2EVLP + `NLVR2Head`, with the tokenizer and evaluation image transform that `predict` uses.
+
+    Build it with `from_checkpoint` (pretrained E2EVLP, new head) or `from_pretrained` (a saved NLVR2 model).
+    """
+
+    def __init__(self, e2evlp: E2EVLP, tokenizer=None, eval_size: int = 800, max_size: int = 1333) -> None:
+        super().__init__(e2evlp, NLVR2Head(e2evlp.config.d_model, e2evlp.config.layer_norm_eps))
+        self.tokenizer = tokenizer
+        self.set_image_size(eval_size, max_size)
+
+    def set_image_size(self, eval_size: int, max_size: int) -> None:
+        """The preprocessing of `predict`: shorter side to `eval_size`, longer side at most `max_size`."""
+        self.eval_size, self.max_size = int(eval_size), int(max_size)
+        self.eval_transforms = make_eval_transforms(self.eval_size, self.max_size)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """`Batch` of B pairs (pixel_values [2B, 3, H, W] with pair i at rows 2i, 2i+1; input_ids [B, L])
+        -> [B, 2] logits."""
+        pairs = batch.input_ids.shape[0]
+        if batch.pixel_values.shape[0] != 2 * pairs:
+            raise ValueError(f"NLVR2 batch of {pairs} sentences needs {2 * pairs} images (left, right per pair), "
+                             f"got {batch.pixel_values.shape[0]}")
+        types = None if batch.token_type_ids is None else batch.token_type_ids.repeat_interleave(2, 0)
+        encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids.repeat_interleave(2, 0),
+                                      batch.attention_mask.repeat_interleave(2, 0), types)
+        return self.head(encoding.cls_state.reshape(pairs, -1))  # row i = [left state ; right state]
+
+    # ---- inference -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, left_images: Sequence, right_images: Sequence, sentences: Sequence[str],
+                batch_size: int = 32) -> list[NLVR2Prediction]:
+        """Judge each sentence on its (left, right) pair; images are PIL images or uint8 tensors [3, H, W]."""
+        if self.tokenizer is None:
+            raise ValueError("NLVR2Model has no tokenizer: pass tokenizer= to from_checkpoint, or set "
+                             "model.tokenizer")
+        if isinstance(sentences, str):
+            raise TypeError("sentences must be a list of strings (one per pair), got a single string")
+        left, right, sentences = list(left_images), list(right_images), list(sentences)
+        if not len(left) == len(right) == len(sentences):
+            raise ValueError(f"need one left image, one right image and one sentence per pair: got {len(left)} "
+                             f"left, {len(right)} right, {len(sentences)} sentences")
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for start in range(0, len(sentences), batch_size):
+                chunk = range(start, min(len(sentences), start + batch_size))
+                pixels = [self.eval_transforms(side[i], {"image_id": f"{name}[{i}]"}, None)[0]
+                          for i in chunk for name, side in (("left", left), ("right", right))]
+                pixel_values, pixel_mask = collate_images(pixels)
+                ids, mask, types = collate_texts([sentences[i] for i in chunk], self.tokenizer,
+                                                 self.config.max_text_length)
+                batch = Batch(pixel_values, pixel_mask, ids, mask, types, targets=[]).to(device)
+                probs = self(batch).float().softmax(-1)[:, 1].tolist()
+                out += [NLVR2Prediction(p > 0.5, p) for p in probs]
+        finally:
+            self.train(was_training)
+        return out
+
+    # ---- construction and persistence ------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | E2EVLP | None, tokenizer=None, *, eval_size: int = 800,
+                        max_size: int = 1333, preset: str = "e2evlp-tiny", **overrides) -> NLVR2Model:
+        """A pretrained E2EVLP (`save_pretrained` folder, model, or None: a fresh `preset` with `overrides`) with a
+        newly initialised head, whose parameter names are logged and kept in `new_parameters`."""
+        model = cls(load_e2evlp(checkpoint, preset, **overrides), tokenizer, eval_size, max_size)
+        if checkpoint is not None:  # a fresh model is new throughout: nothing to single out
+            model.report_new_parameters()
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """E2EVLP config + weights (with the head), `nlvr2_task.json` and `tokenizer/`."""
+        directory = super().save_pretrained(directory)
+        task = {"task": "nlvr2", "eval_size": self.eval_size, "max_size": self.max_size}
+        atomic_write(directory / TASK_FILE, lambda tmp: Path(tmp).write_text(json.dumps(task, indent=2) + "\n"))
+        if self.tokenizer is not None:
+            save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> NLVR2Model:
+        """Load a model written by `NLVR2Model.save_pretrained` (strictly: every weight must fit)."""
+        directory = Path(directory)
+        task_file = directory / TASK_FILE
+        if not task_file.is_file():
+            raise FileNotFoundError(f"{task_file} not found: {directory} is not an NLVR2 model saved by "
+                                    "NLVR2Model.save_pretrained (for a pretraining checkpoint use from_checkpoint)")
+        task = json.loads(task_file.read_text())
+        tok_dir = directory / TOKENIZER_DIR
+        tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
+        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), tokenizer, task["eval_size"],
+                    task["max_size"])
+        model.load_task_weights(directory)
+        model.new_parameters = []
+        return model
+
+
+# ---- loss ------------------------------------------------------------------------------------------------
+def nlvr2_loss(model: NLVR2Model, batch: Batch) -> dict[str, torch.Tensor]:
+    """Trainer loss: {"loss": cross-entropy of the [B, 2] logits against `batch.labels`, "accuracy": the batch's
+    accuracy (detached)}."""
+    if batch.labels is None:
+        raise ValueError("nlvr2_loss needs batch.labels")
+    logits = model(batch)
+    loss = F.cross_entropy(logits.float(), batch.labels)
+    accuracy = (logits.detach().argmax(-1) == batch.labels).float().mean()
+    return {"loss": loss, "accuracy": accuracy}
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_nlvr2(model: NLVR2Model, dataset: NLVR2Dataset, tokenizer, batch_size: int = 64,
+                  num_workers: int = 0) -> dict[str, Any]:
+    """Predictions for every example of `dataset` (built with eval transforms).
+
+    Returns:
+        {"identifiers": [N], "predictions": [N] bools, "labels": [N] bools (from the file)}.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=NLVR2Collator(tokenizer, model.config.max_text_length))
+    identifiers, predictions, labels = [], [], []
+    try:
+        for batch in loader:
+            identifiers += [m["identifier"] for m in batch.meta]
+            predictions += (model(batch.to(device)).argmax(-1) == 1).tolist()
+            labels += (batch.labels == 1).tolist()
+    finally:
+        model.train(was_training)
+    return {"identifiers": identifiers, "predictions": predictions, "labels": labels}
+
+
+def evaluate_nlvr2(model: NLVR2Model, tokenizer, data: NLVR2Split, split: str = "dev",
+                   output_dir: str | Path | None = None, *, transforms=None, batch_size: int = 64,
+                   num_workers: int = 0) -> dict[str, Any]:
+    """Judge every example of a split, write the official prediction CSV and score it with the official metric.
+
+    Args:
+        model: an `NLVR2Model`.
+        tokenizer: the tokenizer of the model's text vocabulary.
+        data: the split's files.
+        split: its name (in the file name and the returned dict).
+        output_dir: where to write `<split>_predictions.csv` (`identifier,True|False` lines); None: not written
+            (the predictions are still scored).
+        transforms: the image transform (default: `model.eval_transforms`).
+    Returns:
+        {"split", "num_examples", "accuracy", "consistency" (official, in percent), "in_loop_accuracy" (percent,
+        from the labels seen in the loop), "predictions_file" (when written)}.
+    """
+    dataset = data.dataset(transforms if transforms is not None else model.eval_transforms)
+    pred = predict_nlvr2(model, dataset, tokenizer, batch_size, num_workers)
+    predictions = dict(zip(pred["identifiers"], pred["predictions"]))
+    out: dict[str, Any] = {"split": split, "num_examples": len(predictions)}
+    if output_dir is not None:
+        path = Path(output_dir) / f"{split}_predictions.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nlvr2_metric.write_nlvr2_predictions(path, predictions)
+        result = nlvr2_metric.evaluate_nlvr2_files(data.jsonl, path)
+        out["predictions_file"] = str(path)
+    else:
+        result = nlvr2_metric.evaluate_nlvr2(nlvr2_metric.load_nlvr2_labels(data.jsonl), predictions)
+    out["accuracy"] = 100 * result.accuracy
+    out["consistency"] = 100 * result.consistency
+    correct = sum(p == y for p, y in zip(pred["predictions"], pred["labels"]))
+    out["in_loop_accuracy"] = 100 * correct / max(len(predictions), 1)
+    return out
+
+
+# ---- fine-tuning -----------------------------------------------------------------------------------------
+def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_dir: str | Path,
+                   config: NLVR2Config | None = None, trainer_overrides: Mapping[str, Any] | None = None, *,
+                   tokenizer=None, eval_fn: Callable | None = None, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune E2E-VLP on NLVR2, evaluate every evaluation split (dev, test1), save the model and the metrics.
+
+    Args:
+        checkpoint: a pretraining `save_pretrained` folder, an `E2EVLP`, or None (a fresh e2evlp-tiny sized for
+            the tokenizer; for the shapes world `setup.model_overrides()`).
+        setup_or_paths: a `ShapesSetup`, "shapes", an `NLVR2Data`, or a YAML/JSON description
+            (`NLVR2Data.from_dict`).
+        output_dir: receives `checkpoints/`, `log.jsonl`, `model/` (`NLVR2Model.save_pretrained`), `results/`
+            (official prediction CSVs) and `metrics.json`.
+        config: `NLVR2Config` (default: the paper's recipe).
+        trainer_overrides: `TrainerConfig` fields applied last (e.g. max_steps, num_workers, eval_every).
+        tokenizer: overrides the tokenizer; by default the one saved with the checkpoint, else the data's.
+        eval_fn: an extra `Trainer` eval_fn; by default, with `eval_every > 0`, the first evaluation split's
+            accuracy is logged during training.
+        resume: continue from the latest checkpoint in `output_dir/checkpoints`.
+    Returns:
+        The content of `metrics.json`: {"task", "config", "train_steps", "train_loss_first", "train_loss_last",
+        "metrics": {split: evaluate_nlvr2(...)}, "baselines": {split: {"majority_label": ...}} (shapes world)}.
+    """
+    config = config if config is not None else NLVR2Config()
+    data = NLVR2Data.resolve(setup_or_paths)
+    output_dir = Path(output_dir)
+    tokenizer = tokenizer or find_tokenizer(checkpoint) or data.tokenizer
+    if tokenizer is None:
+        raise ValueError("no tokenizer: none is saved with the checkpoint and the data description names none")
+    image = config.image_settings(data.kind)
+    overrides = {}
+    if checkpoint is None:
+        setup = setup_or_paths if hasattr(setup_or_paths, "model_overrides") else None
+        overrides = setup.model_overrides() if setup is not None else tokenizer_overrides(tokenizer)
+    model = NLVR2Model.from_checkpoint(checkpoint, tokenizer, eval_size=image["eval_size"],
+                                       max_size=image["max_size"], **overrides)
+    check_tokenizer(tokenizer, model.config)
+
+    train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
+                                     flip=False)
+    trainer_cfg = config.trainer_config(output_dir, trainer_overrides)
+    if eval_fn is None and trainer_cfg.eval_every > 0 and data.eval:
+        name, split = next(iter(data.eval.items()))
+
+        def eval_fn(m):
+            r = evaluate_nlvr2(m, tokenizer, split, name, batch_size=config.eval_batch_size)
+            return {"accuracy": r["accuracy"], "consistency": r["consistency"]}
+    trainer = Trainer(model, nlvr2_loss, data.train.dataset(train_tf),
+                      NLVR2Collator(tokenizer, model.config.max_text_length), trainer_cfg, eval_fn=eval_fn)
+    history = trainer.train(resume=resume)
+
+    report: dict[str, Any] = {}
+    if trainer.accelerator.is_main_process:  # evaluation and files on one process
+        metrics = {name: evaluate_nlvr2(model, tokenizer, split, name, output_dir / "results",
+                                        batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
+                   for name, split in data.eval.items()}
+        model.save_pretrained(output_dir / "model")
+        losses = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
+        report = {"task": "nlvr2", "config": config.to_dict(), "train_steps": len(history),
+                  "train_loss_first": losses[0] if losses else None,
+                  "train_loss_last": losses[-1] if losses else None, "metrics": metrics, "baselines": data.baselines}
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        for name, m in metrics.items():
+            logger.info("NLVR2 %s: accuracy %.2f, consistency %.2f", name, m["accuracy"], m["consistency"])
+    trainer.accelerator.wait_for_everyone()
+    return report

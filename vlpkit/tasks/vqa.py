@@ -1,0 +1,644 @@
+"""VQA v2 with E2E-VLP: a classifier over the answer vocabulary on the encoder's `[CLS]` state.
+
+Recipe (E2E-VLP, following UNITER / bottom-up-attention-vqa):
+
+* input: `[CLS] question [SEP] image grid` through the cross-modal encoder;
+* head: Linear(d, 2d) - GELU - LayerNorm - Linear(2d, num_answers) on the final `[CLS]` state (`VQAHead`);
+* target: the soft scores of every vocabulary answer (0, 0.3, 0.6, 0.9, 1: the official leave-one-out accuracy of
+  answering it), from `vlpkit.data.readers.VQADataset`;
+* loss: binary cross-entropy with logits averaged over elements times the number of answers, i.e. summed over
+  answers and averaged over questions (`vqa_bce`);
+* optimisation: batch 32, 12 epochs, AdamW lr 1e-4 (backbone 1e-5), x0.1 after epochs 6 and 9 (`VQAConfig`);
+* prediction: the arg-max answer; metric: the official VQA accuracy (`vlpkit.metrics.vqa.evaluate_vqa`), overall
+  and per answer type, on the official results file `[{"question_id", "answer"}]` written by `evaluate_vqa`.
+
+Images are never flipped: answers such as "left" are class ids that a mirrored image would contradict.
+
+    model = VQAModel.from_pretrained("runs/vqa/model")
+    model.answer([Image.open("a.png")], ["What color is the star?"])   # [VQAPrediction("red", 0.97)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from ..builder import build_e2evlp
+from ..checkpoint import CONFIG_NAME, atomic_write
+from ..config import ConfigError, E2EVLPConfig
+from ..data.batch import Batch, collate_images, collate_texts
+from ..data.readers.vqa import VQADataset, build_answer_vocab
+from ..data.tokenization import load_tokenizer, save_tokenizer
+from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..data.vocab import Vocab, as_vocab
+from ..engine import Trainer, TrainerConfig
+from ..metrics import vqa as vqa_metric
+from ..models import E2EVLP
+from .base import TaskModel, load_e2evlp
+
+logger = logging.getLogger(__name__)
+
+TASK_FILE = "vqa_task.json"
+VOCAB_FILE = "answer_vocab.json"
+TOKENIZER_DIR = "tokenizer"
+BACKBONE_PREFIX = "e2evlp.backbone.trunk."  # the ResNet trunk inside a TaskModel (DETR's backbone lr group)
+
+# Image sizes: DETR's / E2E-VLP's for real images, the demo recipe's for the 128-px shapes world.
+IMAGE_DEFAULTS = {"files": {"train_scales": list(range(480, 801, 32)), "max_size": 1333, "eval_size": 800},
+                  "shapes": {"train_scales": [128], "max_size": 160, "eval_size": 128}}
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+@dataclass
+class VQAConfig:
+    """Fine-tuning hyper-parameters; the defaults are the paper's recipe.
+
+    `train_scales`, `max_size` and `eval_size` left at None take the data's defaults: DETR's multi-scale
+    480..800 (longer side <= 1333, evaluation at 800) for real images, 128 / 160 / 128 for the shapes world.
+    Trainer settings not listed here (max_steps, num_workers, mixed_precision, ...) go in `trainer_overrides`.
+    """
+
+    batch_size: int = 32
+    epochs: int = 12
+    lr: float = 1e-4
+    backbone_lr: float = 1e-5
+    lr_drop_epochs: list[int] = field(default_factory=lambda: [6, 9])
+    lr_drop_factor: float = 0.1
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    warmup_steps: int = 0
+    seed: int = 42
+    answer_vocab_size: int | None = 3129  # bottom-up-attention-vqa's vocabulary on VQA v2 train+val
+    answer_min_count: int = 9
+    head_hidden_multiplier: int = 2  # head width = multiplier x d_model (UNITER: 2)
+    train_scales: list[int] | None = None
+    max_size: int | None = None
+    eval_size: int | None = None
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        if self.train_scales is not None:
+            self.train_scales = [int(s) for s in self.train_scales]
+        if self.head_hidden_multiplier < 1:
+            raise ConfigError(f"head_hidden_multiplier={self.head_hidden_multiplier}; expected >= 1")
+        if self.answer_min_count < 1:
+            raise ConfigError(f"answer_min_count={self.answer_min_count}; expected >= 1")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VQAConfig:
+        """Build from a dict; unknown keys raise a `ConfigError` listing the valid ones."""
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"unknown VQA config field(s) {unknown}; valid fields: {cls.field_names()}")
+        return cls(**data)
+
+    def image_settings(self, kind: str) -> dict[str, Any]:
+        """`train_scales`, `max_size`, `eval_size`: the set values, else the defaults of data `kind`."""
+        defaults = IMAGE_DEFAULTS[kind]
+        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in defaults.items()}
+
+    def trainer_config(self, output_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainerConfig:
+        """The `TrainerConfig` of this recipe, with `overrides` (any TrainerConfig field) applied last.
+
+        `find_unused_parameters` is on: VQA leaves the decoder and the pretraining heads without gradient, which
+        DDP otherwise rejects.
+        """
+        return task_trainer_config(self, output_dir, overrides)
+
+
+def task_trainer_config(config, output_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainerConfig:
+    """A `TrainerConfig` from a task config's recipe fields (batch_size, epochs, lr, backbone_lr, lr_drop_epochs,
+    lr_drop_factor, weight_decay, clip_max_norm, warmup_steps, seed), the TaskModel backbone prefix, DDP's
+    `find_unused_parameters`, then `overrides`."""
+    base = TrainerConfig(output_dir=str(output_dir), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                         backbone_lr=config.backbone_lr, backbone_prefix=BACKBONE_PREFIX,
+                         weight_decay=config.weight_decay, clip_max_norm=config.clip_max_norm,
+                         warmup_steps=config.warmup_steps, lr_drop_epochs=list(config.lr_drop_epochs),
+                         lr_drop_factor=config.lr_drop_factor, seed=config.seed, find_unused_parameters=True)
+    return base.replace(**dict(overrides or {}))
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+def _format_image_name(pattern: str, image_id: int) -> str:
+    return pattern.format(image_id=int(image_id))
+
+
+@dataclass
+class VQASplit:
+    """One VQA split on disk.
+
+    Attributes:
+        questions: `v2_OpenEnded_mscoco_<subtype>_questions.json`.
+        annotations: `v2_mscoco_<subtype>_annotations.json`, or None (test-dev / test: no answers).
+        image_root: the folder of the split's images.
+        image_name: file-name pattern with `{image_id}` (e.g. `"shapes_val_{image_id:012d}.png"`); None: COCO's
+            `COCO_<data_subtype>_<id:012d>.jpg`.
+    """
+
+    questions: Path
+    annotations: Path | None
+    image_root: Path
+    image_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.questions = Path(self.questions)
+        self.annotations = None if self.annotations is None else Path(self.annotations)
+        self.image_root = Path(self.image_root)
+
+    def dataset(self, answer_vocab: Vocab | None, transforms=None) -> VQADataset:
+        name_fn = None if self.image_name is None else partial(_format_image_name, self.image_name)
+        return VQADataset(self.questions, self.annotations, self.image_root, answer_vocab, name_fn,
+                          transforms=transforms)
+
+
+@dataclass
+class VQAData:
+    """Where the data is: training splits (concatenated), evaluation splits by name, the tokenizer and the answer
+    vocabulary (None: built from the training annotations with `VQAConfig.answer_vocab_size/answer_min_count`).
+
+    `kind` is "shapes" or "files" (chooses the default image sizes); `baselines` holds the shapes world's blind
+    baselines per evaluation split when known.
+    """
+
+    train: list[VQASplit]
+    eval: dict[str, VQASplit]
+    tokenizer: Any = None
+    answer_vocab: Vocab | None = None
+    kind: str = "files"
+    baselines: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_shapes(cls, setup) -> VQAData:
+        """train -> train; val and test -> evaluation; the world's tokenizer; baselines from `stats.json`."""
+        world = setup.world
+
+        def split(name: str) -> VQASplit:
+            return VQASplit(world.vqa_questions(name), world.vqa_annotations(name), world.image_dir(name),
+                            f"shapes_{name}_{{image_id:012d}}.png")
+
+        stats = world.stats()["vqa"]
+        baselines = {s: _shapes_baselines(stats[s]) for s in ("val", "test") if stats.get(s, {}).get("num_questions")}
+        return cls([split("train")], {"val": split("val"), "test": split("test")}, setup.tokenizer, None, "shapes",
+                   baselines)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path = ".") -> VQAData:
+        """From `{"train": [split...], "eval": {name: split}, "tokenizer": dir?, "answer_vocab": file?}` where a
+        split is `{"questions", "annotations"?, "image_root", "image_name"?}`; relative paths are read from
+        `base_dir`."""
+        base = Path(base_dir)
+        allowed = {"train", "eval", "tokenizer", "answer_vocab"}
+        unknown = sorted(set(data) - allowed)
+        if unknown or "train" not in data or "eval" not in data:
+            raise ConfigError(f"VQA data description needs 'train' and 'eval' (optional 'tokenizer', "
+                              f"'answer_vocab'); got keys {sorted(data)}")
+
+        def path(p):
+            return None if p is None else base / Path(p).expanduser()
+
+        def split(d: Mapping[str, Any], where: str) -> VQASplit:
+            keys = {"questions", "annotations", "image_root", "image_name"}
+            if not isinstance(d, Mapping) or not {"questions", "image_root"} <= set(d) or set(d) - keys:
+                raise ConfigError(f"VQA data {where}: expected keys 'questions', 'image_root' (optional "
+                                  f"'annotations', 'image_name'), got {d!r}")
+            return VQASplit(path(d["questions"]), path(d.get("annotations")), path(d["image_root"]),
+                            d.get("image_name"))
+
+        train = data["train"] if isinstance(data["train"], list) else [data["train"]]
+        tokenizer = load_tokenizer(path(data["tokenizer"])) if data.get("tokenizer") else None
+        vocab = as_vocab(path(data["answer_vocab"]), "answer_vocab") if data.get("answer_vocab") else None
+        return cls([split(d, f"train[{i}]") for i, d in enumerate(train)],
+                   {name: split(d, f"eval[{name!r}]") for name, d in data["eval"].items()}, tokenizer, vocab)
+
+    @classmethod
+    def resolve(cls, setup_or_paths) -> VQAData:
+        """A `VQAData`, a `ShapesSetup`, `"shapes"` (the default shapes world) or a YAML/JSON description file."""
+        if isinstance(setup_or_paths, VQAData):
+            return setup_or_paths
+        if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "tokenizer"):
+            return cls.from_shapes(setup_or_paths)
+        if setup_or_paths == "shapes":
+            from ..pretraining.shapes import prepare_shapes
+
+            return cls.from_shapes(prepare_shapes())
+        if isinstance(setup_or_paths, Mapping):
+            return cls.from_dict(setup_or_paths)
+        if isinstance(setup_or_paths, (str, Path)):
+            path = Path(setup_or_paths)
+            if not path.is_file():
+                raise FileNotFoundError(f"VQA data description not found: {path} (expected 'shapes' or a "
+                                        "YAML/JSON file with 'train' and 'eval' splits)")
+            return cls.from_dict(yaml.safe_load(path.read_text()), path.parent)
+        raise TypeError(f"expected a VQAData, ShapesSetup, 'shapes' or a description file, "
+                        f"got {type(setup_or_paths).__name__}")
+
+
+def _shapes_baselines(block: dict) -> dict[str, float]:
+    """Blind baselines of the shapes world (percent): the train-majority answer of each answer type, and of each
+    question type (`majority_baseline`)."""
+    out = {f"majority_{t}": 100 * v["majority_accuracy"] for t, v in block["by_answer_type"].items()}
+    counts = {t: v["count"] for t, v in block["by_answer_type"].items()}
+    out["majority_per_answer_type"] = sum(out[f"majority_{t}"] * n for t, n in counts.items()) / sum(counts.values())
+    out["majority_per_question_type"] = 100 * block["majority_baseline"]
+    return out
+
+
+class VQACollator:
+    """VQADataset samples -> `Batch` with `answer_scores` [B, A] (when annotated) and `meta` (question_id,
+    image_id, answer_type, question_type, answers)."""
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, samples: Sequence[dict]) -> Batch:
+        if not samples:
+            raise ValueError("VQACollator got an empty batch")
+        pixel_values, pixel_mask = collate_images([s["image"] for s in samples])
+        input_ids, attention_mask, token_type_ids = collate_texts([s["text"] for s in samples], self.tokenizer,
+                                                                  self.max_length)
+        scored = ["answer_scores" in s for s in samples]
+        if any(scored) and not all(scored):
+            raise ValueError("VQACollator: some samples of the batch have answer_scores and some do not "
+                             "(mixing annotated and unannotated splits)")
+        scores = torch.stack([s["answer_scores"] for s in samples]).float() if all(scored) else None
+        meta = [{k: s.get(k) for k in ("question_id", "image_id", "answer_type", "question_type", "answers")}
+                for s in samples]
+        return Batch(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=input_ids,
+                     attention_mask=attention_mask, token_type_ids=token_type_ids,
+                     targets=[s["target"] for s in samples], answer_scores=scores, meta=meta)
+
+
+# ---- model -----------------------------------------------------------------------------------------------
+class VQAHead(nn.Module):
+    """`[CLS]` state [B, d] -> logits [B, num_answers]: Linear(d, m*d) - GELU - LayerNorm - Linear(m*d, A)."""
+
+    def __init__(self, d_model: int, num_answers: int, hidden_multiplier: int = 2, layer_norm_eps: float = 1e-12):
+        super().__init__()
+        hidden = hidden_multiplier * d_model
+        self.dense = nn.Linear(d_model, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=layer_norm_eps)
+        self.classifier = nn.Linear(hidden, num_answers)
+
+    def forward(self, cls_state: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(F.gelu(self.dense(cls_state))))
+
+
+class VQAPrediction(NamedTuple):
+    """An answer string (a vocabulary entry, normalised as the official evaluation does) and its sigmoid score."""
+
+    answer: str
+    score: float
+
+
+class VQAModel(TaskModel):
+    """E2EVLP + `VQAHead`, with what inference needs: the answer vocabulary, the tokenizer and the evaluation
+    image transform (shorter side `eval_size`, longer side at most `max_size`).
+
+    Build it with `from_checkpoint` (pretrained E2EVLP, new head) or `from_pretrained` (a saved VQA model).
+    """
+
+    def __init__(self, e2evlp: E2EVLP, answer_vocab: Vocab, tokenizer=None, hidden_multiplier: int = 2,
+                 eval_size: int = 800, max_size: int = 1333) -> None:
+        answer_vocab = as_vocab(answer_vocab, "answer_vocab")
+        if len(answer_vocab) == 0:
+            raise ValueError("answer_vocab is empty")
+        cfg = e2evlp.config
+        super().__init__(e2evlp, VQAHead(cfg.d_model, len(answer_vocab), hidden_multiplier, cfg.layer_norm_eps))
+        self.answer_vocab = answer_vocab
+        self.hidden_multiplier = hidden_multiplier
+        self.tokenizer = tokenizer
+        self.set_image_size(eval_size, max_size)
+
+    def set_image_size(self, eval_size: int, max_size: int) -> None:
+        """The preprocessing of `answer`: shorter side to `eval_size`, longer side at most `max_size`."""
+        self.eval_size, self.max_size = int(eval_size), int(max_size)
+        self.eval_transforms = make_eval_transforms(self.eval_size, self.max_size)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """`Batch` (pixel_values [B, 3, H, W], pixel_mask, input_ids [B, L], attention_mask, token_type_ids)
+        -> answer logits [B, num_answers]."""
+        encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask,
+                                      batch.token_type_ids)
+        return self.head(encoding.cls_state)
+
+    # ---- inference -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def top_answers(self, images: Sequence, questions: Sequence[str], k: int = 5,
+                    batch_size: int = 32) -> list[list[VQAPrediction]]:
+        """The `k` best answers per question, best first.
+
+        Args:
+            images: PIL images or uint8 tensors [3, H, W] (converted and resized by `eval_transforms`).
+            questions: one question per image.
+        """
+        if self.tokenizer is None:
+            raise ValueError("VQAModel has no tokenizer: pass tokenizer= to from_checkpoint, or set model.tokenizer")
+        if isinstance(questions, str):
+            raise TypeError("questions must be a list of strings (one per image), got a single string")
+        images, questions = list(images), list(questions)
+        if len(images) != len(questions):
+            raise ValueError(f"need one question per image: got {len(images)} images and {len(questions)} "
+                             "questions")
+        if not 1 <= k <= len(self.answer_vocab):
+            raise ValueError(f"k={k}; expected 1..{len(self.answer_vocab)} (the answer vocabulary size)")
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for start in range(0, len(images), batch_size):
+                chunk = range(start, min(len(images), start + batch_size))
+                pixels = [self.eval_transforms(images[i], {"image_id": i}, None)[0] for i in chunk]
+                pixel_values, pixel_mask = collate_images(pixels)
+                ids, mask, types = collate_texts([questions[i] for i in chunk], self.tokenizer,
+                                                 self.config.max_text_length)
+                batch = Batch(pixel_values, pixel_mask, ids, mask, types, targets=[]).to(device)
+                logits, index = self(batch).float().topk(k, dim=-1)  # on logits: sigmoid ties at 1.0 in float32
+                scores = logits.sigmoid()
+                out += [[VQAPrediction(self.answer_vocab[j], s) for j, s in zip(row_i, row_s)]
+                        for row_i, row_s in zip(index.tolist(), scores.tolist())]
+        finally:
+            self.train(was_training)
+        return out
+
+    def answer(self, images: Sequence, questions: Sequence[str], batch_size: int = 32) -> list[VQAPrediction]:
+        """The best answer to each question about its image (PIL images or uint8 tensors [3, H, W])."""
+        return [top[0] for top in self.top_answers(images, questions, 1, batch_size)]
+
+    # ---- construction and persistence ------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | E2EVLP | None, answer_vocab: Vocab | str | Path,
+                        tokenizer=None, *, hidden_multiplier: int = 2, eval_size: int = 800, max_size: int = 1333,
+                        preset: str = "e2evlp-tiny", **overrides) -> VQAModel:
+        """A pretrained E2EVLP (`save_pretrained` folder, model, or None: a fresh `preset` with `overrides`) with a
+        newly initialised head, whose parameter names are logged and kept in `new_parameters`."""
+        model = cls(load_e2evlp(checkpoint, preset, **overrides), answer_vocab, tokenizer, hidden_multiplier,
+                    eval_size, max_size)
+        if checkpoint is not None:  # a fresh model is new throughout: nothing to single out
+            model.report_new_parameters()
+        return model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """E2EVLP config + weights (with the head), `answer_vocab.json`, `vqa_task.json` and `tokenizer/`."""
+        directory = super().save_pretrained(directory)
+        self.answer_vocab.save(directory / VOCAB_FILE)
+        task = {"task": "vqa", "hidden_multiplier": self.hidden_multiplier, "eval_size": self.eval_size,
+                "max_size": self.max_size}
+        atomic_write(directory / TASK_FILE, lambda tmp: Path(tmp).write_text(json.dumps(task, indent=2) + "\n"))
+        if self.tokenizer is not None:
+            save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> VQAModel:
+        """Load a model written by `VQAModel.save_pretrained` (strictly: every weight must fit)."""
+        directory = Path(directory)
+        task_file = directory / TASK_FILE
+        if not task_file.is_file():
+            raise FileNotFoundError(f"{task_file} not found: {directory} is not a VQA model saved by "
+                                    "VQAModel.save_pretrained (for a pretraining checkpoint use from_checkpoint)")
+        task = json.loads(task_file.read_text())
+        tok_dir = directory / TOKENIZER_DIR
+        tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
+        e2evlp = build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME))
+        model = cls(e2evlp, Vocab.load(directory / VOCAB_FILE), tokenizer, task["hidden_multiplier"],
+                    task["eval_size"], task["max_size"])
+        model.load_task_weights(directory)
+        model.new_parameters = []
+        return model
+
+
+# ---- loss ------------------------------------------------------------------------------------------------
+def vqa_bce(logits: torch.Tensor, answer_scores: torch.Tensor) -> torch.Tensor:
+    """VQA's soft-score loss as bottom-up-attention-vqa and UNITER compute it.
+
+    `binary_cross_entropy_with_logits(logits, scores)` averaged over all B x A elements, times A (the number of
+    answers): the per-answer BCE summed over answers and averaged over questions.
+
+    Args:
+        logits: [B, A]. answer_scores: [B, A] soft targets in [0, 1].
+    Returns:
+        scalar.
+    """
+    if logits.shape != answer_scores.shape:
+        raise ValueError(f"logits {list(logits.shape)} and answer_scores {list(answer_scores.shape)} differ")
+    return F.binary_cross_entropy_with_logits(logits.float(), answer_scores.float()) * logits.shape[1]
+
+
+def vqa_loss(model: VQAModel, batch: Batch) -> dict[str, torch.Tensor]:
+    """Trainer loss: {"loss": `vqa_bce`, "score": the batch's mean soft score of the arg-max answer (detached)}."""
+    if batch.answer_scores is None:
+        raise ValueError("vqa_loss needs batch.answer_scores (an annotated split and an answer vocabulary)")
+    logits = model(batch)
+    loss = vqa_bce(logits, batch.answer_scores)
+    score = batch.answer_scores.gather(1, logits.detach().argmax(-1, keepdim=True)).mean()
+    return {"loss": loss, "score": score}
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------
+def results_filename(split: str, data_type: str = "mscoco") -> str:
+    """The official naming `vqa_OpenEnded_<data_type>_<split>_<alg>_results.json` (alg = e2evlp)."""
+    return f"vqa_OpenEnded_{data_type}_{split}_e2evlp_results.json"
+
+
+@torch.no_grad()
+def predict_vqa(model: VQAModel, dataset: VQADataset, tokenizer, batch_size: int = 64,
+                num_workers: int = 0) -> dict[str, Any]:
+    """Arg-max answers of every question of `dataset` (built with `model.answer_vocab` and eval transforms).
+
+    Returns:
+        {"question_ids": [N], "answers": [N] strings, "soft_scores": [N] floats (the dataset's target score of
+        each predicted answer; None without annotations), "answer_types": [N] (None without annotations)}.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=VQACollator(tokenizer, model.config.max_text_length))
+    qids, answers, soft, types = [], [], [], []
+    try:
+        for batch in loader:
+            pred = model(batch.to(device)).argmax(-1).cpu()
+            qids += [m["question_id"] for m in batch.meta]
+            answers += [model.answer_vocab[j] for j in pred.tolist()]
+            types += [m["answer_type"] for m in batch.meta]
+            if batch.answer_scores is not None:
+                soft += batch.answer_scores.gather(1, pred[:, None]).squeeze(1).tolist()
+    finally:
+        model.train(was_training)
+    annotated = len(soft) == len(qids)
+    return {"question_ids": qids, "answers": answers, "soft_scores": soft if annotated else None,
+            "answer_types": types if annotated else None}
+
+
+def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val", output_dir: str | Path | None = None,
+                 *, transforms=None, batch_size: int = 64, num_workers: int = 0) -> dict[str, Any]:
+    """Answer every question of a split, write the official results file, and score it officially.
+
+    Args:
+        model: a `VQAModel`.
+        tokenizer: the tokenizer of the model's text vocabulary.
+        data: the split's files.
+        split: its name (in the results file name and the returned dict).
+        output_dir: where to write `vqa_OpenEnded_<data_type>_<split>_e2evlp_results.json`; None: not written
+            (the results are still scored).
+        transforms: the image transform (default: `model.eval_transforms`).
+    Returns:
+        {"split", "num_questions", "results_file" (when written)} and, for an annotated split, the official
+        accuracies in percent: "accuracy", "accuracy_<answer type>" (e.g. "accuracy_yes/no"), plus
+        "soft_score_accuracy": the in-loop mean soft target score of the predicted answers, in percent. The two
+        agree except on questions whose 10 raw answers are identical but not normalised (e.g. "Yes" x 10), which
+        the official evaluator compares unnormalised.
+    """
+    dataset = data.dataset(model.answer_vocab, transforms if transforms is not None else model.eval_transforms)
+    pred = predict_vqa(model, dataset, tokenizer, batch_size, num_workers)
+    results = [{"question_id": int(q), "answer": a} for q, a in zip(pred["question_ids"], pred["answers"])]
+    out: dict[str, Any] = {"split": split, "num_questions": len(results)}
+    if output_dir is not None:
+        data_type = json.loads(data.questions.read_text()).get("data_type", "mscoco")
+        path = Path(output_dir) / results_filename(split, data_type)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vqa_metric.write_vqa_results(path, zip(pred["question_ids"], pred["answers"]))
+        out["results_file"] = str(path)
+    if data.annotations is not None:
+        scores = vqa_metric.evaluate_vqa(data.annotations, data.questions, results)
+        out["accuracy"] = scores.overall
+        out.update({f"accuracy_{t}": v for t, v in sorted(scores.per_answer_type.items())})
+        out["soft_score_accuracy"] = 100 * sum(pred["soft_scores"]) / max(len(results), 1)
+    return out
+
+
+# ---- fine-tuning -----------------------------------------------------------------------------------------
+def find_tokenizer(checkpoint) -> Any:
+    """The tokenizer saved with a checkpoint folder: `<checkpoint>/tokenizer`, or `<checkpoint>/../tokenizer`
+    (the layout `vlpkit pretrain` writes: `<run>/model` + `<run>/tokenizer`); None when there is none."""
+    if not isinstance(checkpoint, (str, Path)):
+        return None
+    for folder in (Path(checkpoint) / TOKENIZER_DIR, Path(checkpoint).parent / TOKENIZER_DIR):
+        if folder.is_dir():
+            return load_tokenizer(folder)
+    return None
+
+
+def check_tokenizer(tokenizer, config: E2EVLPConfig) -> None:
+    """Raise when the tokenizer cannot be the model's (ids past the embedding table, other special ids)."""
+    problems = []
+    if len(tokenizer) > config.vocab_size:
+        problems.append(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
+    for name in ("cls", "sep", "pad"):
+        tok_id, cfg_id = getattr(tokenizer, f"{name}_token_id"), getattr(config, f"{name}_token_id")
+        if tok_id != cfg_id:
+            problems.append(f"[{name.upper()}] is {tok_id} in the tokenizer but {cfg_id} in the model config")
+    if problems:
+        raise ValueError("the tokenizer does not match the model (use the tokenizer saved with the pretraining "
+                         "checkpoint): " + "; ".join(problems))
+
+
+def tokenizer_overrides(tokenizer) -> dict[str, int]:
+    """E2EVLPConfig fields a fresh model needs to agree with `tokenizer`."""
+    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
+                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+
+
+def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_dir: str | Path,
+                 config: VQAConfig | None = None, trainer_overrides: Mapping[str, Any] | None = None, *,
+                 tokenizer=None, eval_fn: Callable | None = None, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune E2E-VLP on VQA, evaluate every evaluation split, save the model and the metrics.
+
+    Args:
+        checkpoint: a pretraining `save_pretrained` folder, an `E2EVLP`, or None (a fresh e2evlp-tiny sized for
+            the tokenizer; for the shapes world `setup.model_overrides()`).
+        setup_or_paths: a `ShapesSetup`, "shapes", a `VQAData`, or a YAML/JSON description (`VQAData.from_dict`).
+        output_dir: receives `checkpoints/`, `log.jsonl`, `model/` (`VQAModel.save_pretrained`),
+            `results/` (official results files) and `metrics.json`.
+        config: `VQAConfig` (default: the paper's recipe).
+        trainer_overrides: `TrainerConfig` fields applied last (e.g. max_steps, num_workers, eval_every).
+        tokenizer: overrides the tokenizer; by default the one saved with the checkpoint
+            (`find_tokenizer`), else the data's.
+        eval_fn: an extra `Trainer` eval_fn; by default, with `eval_every > 0`, the first evaluation split's
+            accuracy is logged during training.
+        resume: continue from the latest checkpoint in `output_dir/checkpoints`.
+    Returns:
+        The content of `metrics.json`: {"task", "config", "answer_vocab_size", "train_loss_first",
+        "train_loss_last", "metrics": {split: evaluate_vqa(...)}, "baselines": {split: {...}} (shapes world)}.
+    """
+    config = config if config is not None else VQAConfig()
+    data = VQAData.resolve(setup_or_paths)
+    output_dir = Path(output_dir)
+    tokenizer = tokenizer or find_tokenizer(checkpoint) or data.tokenizer
+    if tokenizer is None:
+        raise ValueError("no tokenizer: none is saved with the checkpoint and the data description names none")
+    vocab = data.answer_vocab
+    if vocab is None:
+        unannotated = [str(s.questions) for s in data.train if s.annotations is None]
+        if unannotated:
+            raise ValueError(f"training split(s) without annotations: {unannotated}")
+        vocab = build_answer_vocab([s.annotations for s in data.train], config.answer_vocab_size,
+                                   config.answer_min_count)
+        if len(vocab) == 0:
+            raise ValueError(f"no answer is seen in >= answer_min_count={config.answer_min_count} training "
+                             "questions; lower answer_min_count")
+    image = config.image_settings(data.kind)
+    overrides = {}
+    if checkpoint is None:
+        setup = setup_or_paths if hasattr(setup_or_paths, "model_overrides") else None
+        overrides = setup.model_overrides() if setup is not None else tokenizer_overrides(tokenizer)
+    model = VQAModel.from_checkpoint(checkpoint, vocab, tokenizer, hidden_multiplier=config.head_hidden_multiplier,
+                                     eval_size=image["eval_size"], max_size=image["max_size"], **overrides)
+    check_tokenizer(tokenizer, model.config)
+
+    train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
+                                     flip=False)
+    train_set = ConcatDataset([s.dataset(vocab, train_tf) for s in data.train])
+    trainer_cfg = config.trainer_config(output_dir, trainer_overrides)
+    if eval_fn is None and trainer_cfg.eval_every > 0 and data.eval:
+        name, split = next(iter(data.eval.items()))
+        if split.annotations is not None:
+            def eval_fn(m):
+                r = evaluate_vqa(m, tokenizer, split, name, batch_size=config.eval_batch_size)
+                return {k: v for k, v in r.items() if k.startswith(("accuracy", "soft"))}
+    trainer = Trainer(model, vqa_loss, train_set, VQACollator(tokenizer, model.config.max_text_length),
+                      trainer_cfg, eval_fn=eval_fn)
+    history = trainer.train(resume=resume)
+
+    report: dict[str, Any] = {}
+    if trainer.accelerator.is_main_process:  # evaluation and files on one process
+        metrics = {name: evaluate_vqa(model, tokenizer, split, name, output_dir / "results",
+                                      batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
+                   for name, split in data.eval.items()}
+        model.save_pretrained(output_dir / "model")
+        losses = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
+        report = {"task": "vqa", "config": config.to_dict(), "answer_vocab_size": len(vocab),
+                  "train_steps": len(history), "train_loss_first": losses[0] if losses else None,
+                  "train_loss_last": losses[-1] if losses else None, "metrics": metrics,
+                  "baselines": data.baselines}
+        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        for name, m in metrics.items():
+            if "accuracy" in m:
+                logger.info("VQA %s: accuracy %.2f (%s)", name, m["accuracy"],
+                            ", ".join(f"{k[9:]} {v:.2f}" for k, v in m.items() if k.startswith("accuracy_")))
+    trainer.accelerator.wait_for_everyone()
+    return report

@@ -27,11 +27,15 @@ install-dev: $(VENV)/.installed-dev
 demo: $(VENV)/.installed
 	$(PY) -m vlpkit demo
 
+# VLPKIT_QUICK=1 shortens the notebooks' training runs (every cell still runs); benchmarks run their quick grid.
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q
+	VLPKIT_QUICK=1 $(PY) -m pytest -q tests benchmarks --nbmake notebooks
 
+# The full grid of every benchmark, then docs/benchmarks.md from its JSON.
 bench: $(VENV)/.installed-dev
-	VLPKIT_BENCH_FULL=1 $(PY) -m pytest benchmarks -q
+	mkdir -p .benchmarks
+	VLPKIT_BENCH_FULL=1 $(PY) -m pytest benchmarks -q --benchmark-json=.benchmarks/full.json
+	$(PY) benchmarks/report.py .benchmarks/full.json --output docs/benchmarks.md
 
 docs: $(VENV)/.installed-dev
 	$(VENV)/bin/mkdocs build --strict

@@ -1,0 +1,23 @@
+"""`vlpkit demo` (the main job of `make demo`) runs end to end: pretrain, evaluate, table, figure, checkpoint."""
+
+import json
+
+from vlpkit import E2EVLP
+from vlpkit.demo import run_demo
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    summary = run_demo("e2evlp-tiny", [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2",
+                                       "trainer.batch_size=4", "trainer.progress_bar=false",
+                                       f"data.shapes.root={tmp_path / 'world'}", "data.shapes.num_images=40"],
+                       max_eval_images=6, figure_images=4)
+    out = capsys.readouterr().out
+    for name in ("detection AP50", "caption CIDEr", "ITM accuracy", "MLM accuracy"):
+        assert name in out and name in summary["metrics"]
+        assert 0.0 <= summary["metrics"][name]["model"] <= 10.0
+    assert summary["metrics"]["ITM accuracy"]["baseline"] == 0.5
+    run = tmp_path / "run"
+    assert (run / "demo_predictions.png").stat().st_size > 1000
+    assert json.loads((run / "demo_metrics.json").read_text())["metrics"].keys() == summary["metrics"].keys()
+    assert E2EVLP.from_pretrained(run / "model").config.num_classes == 6
+    assert (run / "labels.json").is_file() and (run / "tokenizer").is_dir()

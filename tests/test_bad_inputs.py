@@ -70,10 +70,12 @@ def _image_mode(mode):
 
 
 def _long_text(tmp):
+    from vlpkit.data import batch as batch_module
     from vlpkit.data.batch import TextTruncationWarning, collate_texts
     from vlpkit.data.tokenization import train_wordpiece
 
     tok = train_wordpiece(["a red circle left of a blue square"] * 4, vocab_size=60)
+    batch_module._warned.clear()  # the warning is once per process: forget earlier tests' truncations
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ids, _, _ = collate_texts(["red " * 100], tok, max_length=40)

@@ -55,7 +55,8 @@ def build_e2evlp(config: str | E2EVLPConfig | dict = "e2evlp-6-r50", **overrides
     """
     cfg = resolve_config(config, **overrides)
     d = cfg.d_model
-    trunk, channels = build_resnet_trunk(cfg.backbone, cfg.backbone_weights, cfg.backbone_last_stage)
+    trunk, channels = build_resnet_trunk(cfg.backbone, cfg.backbone_weights, cfg.backbone_last_stage,
+                                         cfg.backbone_norm)
     stride = 32 if cfg.backbone_last_stage == "layer4" else 16
     backbone = GridFeatureExtractor(trunk, channels, d, cfg.trainable_backbone_layers, cfg.mask_backbone_padding,
                                     stride)

@@ -14,6 +14,7 @@ from typing import Any
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 POSITION_EMBEDDINGS = ("sine", "learned")
 ACTIVATIONS = ("relu", "gelu")
+BACKBONE_NORMS = ("frozen_bn", "batch_norm")
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,7 @@ class E2EVLPConfig:
     backbone_weights: str | None = None  # torchvision weights name ("IMAGENET1K_V1") or a local file; never downloaded in tests
     trainable_backbone_layers: int = 3  # torchvision convention: layer2..layer4 train, stem + layer1 frozen
     backbone_last_stage: str = "layer4"  # "layer3" drops C5: stride 16, a finer grid for small images
+    backbone_norm: str = "frozen_bn"  # the paper's frozen BatchNorm; "batch_norm" trains it (a trunk trained from scratch)
     mask_backbone_padding: bool = True  # zero padded pixels before every conv: batch padding cannot change features
     position_embedding: str = "sine"
     # transformer
@@ -77,6 +79,8 @@ class E2EVLPConfig:
               f"position_embedding={self.position_embedding!r}; expected one of {POSITION_EMBEDDINGS}")
         check(self.backbone_last_stage in ("layer3", "layer4"),
               f"backbone_last_stage={self.backbone_last_stage!r}; expected 'layer3' or 'layer4'")
+        check(self.backbone_norm in BACKBONE_NORMS,
+              f"backbone_norm={self.backbone_norm!r}; expected one of {BACKBONE_NORMS}")
         check(self.activation in ACTIVATIONS, f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
         check(0 <= self.trainable_backbone_layers <= 5,
               f"trainable_backbone_layers={self.trainable_backbone_layers}; expected 0..5")

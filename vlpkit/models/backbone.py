@@ -106,26 +106,32 @@ class GridFeatureExtractor(nn.Module):
         return self.input_proj(x), grid_mask
 
 
-def build_resnet_trunk(name: str, weights: str | None = None, last_stage: str = "layer4") -> tuple[nn.Module, int]:
-    """A torchvision ResNet without its pooling and classifier, with FrozenBatchNorm2d.
+def build_resnet_trunk(name: str, weights: str | None = None, last_stage: str = "layer4",
+                       norm: str = "frozen_bn") -> tuple[nn.Module, int]:
+    """A torchvision ResNet without its pooling and classifier, with FrozenBatchNorm2d (or trainable BatchNorm).
 
     Args:
         name: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152".
         weights: None (random init), a torchvision weights name such as "IMAGENET1K_V1" (downloaded by torchvision
             if not cached: for users who have network access), or a path to a local `.pth`/`.safetensors` file.
         last_stage: "layer4" (C5, stride 32, the paper) or "layer3" (C4, stride 16: a finer grid for small images).
+        norm: "frozen_bn" (the paper and DETR: statistics and affine parameters are fixed buffers, right for a
+            pretrained trunk) or "batch_norm" (trainable `nn.BatchNorm2d`, for a trunk trained from scratch: a
+            randomly initialised FrozenBatchNorm2d is the identity, which leaves a deep trunk unnormalised).
     Returns:
         (trunk, output channels).
     """
     if last_stage not in ("layer3", "layer4"):
         raise ValueError(f"last_stage={last_stage!r}; expected 'layer3' or 'layer4'")
+    if norm not in ("frozen_bn", "batch_norm"):
+        raise ValueError(f"norm={norm!r}; expected 'frozen_bn' or 'batch_norm'")
     if name not in _TRUNK_CHANNELS:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_TRUNK_CHANNELS)}")
     builder = getattr(torchvision.models, name)
     tv_weights = None
     if weights is not None and not Path(weights).exists():
         tv_weights = torchvision.models.get_model_weights(name)[weights]
-    resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d)
+    resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
     if weights is not None and Path(weights).exists():
         from ..checkpoint import load_state_dict_file
 

@@ -68,3 +68,44 @@ def test_file_sources_share_one_class_space(shapes_setup, tmp_path):
         ann = coco.detection.annotation(i)
         vg_labels = by_image[ann["image_id"]]["labels"]
         assert sorted(ann["target"]["labels"].tolist()) == sorted(vg_labels.tolist())
+
+
+def test_periodic_validation_logs_every_term(shapes_setup, tmp_path):
+    from vlpkit.engine.logging import read_log
+    from vlpkit.pretraining.run import pretrain
+
+    cfg = load_config("e2evlp-tiny", [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=4",
+                                      "trainer.batch_size=4", "trainer.eval_every=2", "trainer.progress_bar=false",
+                                      "trainer.save_every=0", f"data.shapes.root={shapes_setup.world.root}",
+                                      "data.shapes.num_images=40", "data.shapes.seed=3", "data.shapes.vocab_size=200",
+                                      "data.val_batches=1", "data.image.train_scales=[64]",
+                                      "data.image.max_size=80", "data.image.eval_size=64"])
+    pretrain(cfg)
+    evals = read_log(tmp_path / "run" / "log.jsonl", kind="eval")
+    assert [e["step"] for e in evals] == [2, 4]
+    for key in ("val/loss", "val/mlm", "val/itm", "val/detection", "val/caption", "val/det/loss_attr"):
+        assert all(key in e and e[key] == e[key] for e in evals), key
+
+
+def test_validation_losses_see_the_same_batches(shapes_setup):
+    from vlpkit.builder import build_e2evlp
+    from vlpkit.pretraining.data import PretrainingCollator, PretrainingDataset
+    from vlpkit.pretraining.objective import PretrainingObjective
+    from vlpkit.pretraining.run import image_transforms, validation_losses
+    from vlpkit.pretraining.shapes import shapes_sources
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_e2evlp("e2evlp-tiny", **shapes_setup.model_overrides()).eval()
+    objective = PretrainingObjective(ObjectiveConfig(), model.config.num_classes, model.config.num_attributes,
+                                     model.config.pad_token_id)
+    _, eval_tf = image_transforms({"train_scales": [64], "max_size": 80, "eval_size": 64})
+    dataset = PretrainingDataset(shapes_sources(shapes_setup, "val"), eval_tf)
+    seen = []
+    collator = PretrainingCollator(shapes_setup.tokenizer)
+    eval_fn = validation_losses(objective, dataset, lambda s: seen.append(len(s)) or collator(s), 3, 2)
+    with torch.no_grad():
+        first, second = eval_fn(model), eval_fn(model)
+    assert first == second and seen == [3, 3, 3, 3]
+    assert first["val/loss"] == pytest.approx(sum(first[f"val/{k}"] for k in ("mlm", "itm", "detection",
+                                                                              "caption")), rel=1e-5)

@@ -28,7 +28,7 @@ import yaml
 from ..builder import build_e2evlp
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
-from ..engine import Trainer, TrainerConfig
+from ..engine import Trainer, TrainerConfig, seed_everything
 from ..inference import save_labels
 from .data import PretrainingCollator, PretrainingDataset, Source
 from .objective import ObjectiveConfig, PretrainingObjective
@@ -146,6 +146,15 @@ def _file_sources(data_cfg: dict, spec: dict, split: str):
     return sources, tokenizer, overrides, labels
 
 
+def _validation_sources(data_cfg: dict):
+    """The validation split's sources, or None when the data section names none (real files without `data.val`)."""
+    if data_cfg.get("kind", "shapes") == "shapes":
+        return build_data(data_cfg, split="val")[0]
+    if "val" not in data_cfg:
+        return None
+    return build_data({**data_cfg, **data_cfg["val"], "kind": "files"})[0]
+
+
 def image_transforms(image_cfg: dict):
     """(train, eval) transforms from the config's data.image section (DETR's defaults when empty)."""
     scales = tuple(image_cfg.get("train_scales", range(480, 801, 32)))
@@ -156,20 +165,46 @@ def image_transforms(image_cfg: dict):
     return train, evaluation
 
 
+def validation_losses(objective, dataset, collator, batch_size: int, max_batches: int):
+    """An `eval_fn` for the Trainer: every term of the objective averaged over `max_batches` fixed batches of a
+    validation dataset (items spread evenly over it; masks and ITM negatives are seeded by the items, so each
+    evaluation sees the same batches). Keys: "val/loss", "val/mlm", "val/itm", "val/detection", ..."""
+    count = min(len(dataset), batch_size * max_batches)
+    items = sorted({round(k * (len(dataset) - 1) / max(count - 1, 1)) for k in range(count)})
+
+    def eval_fn(model) -> dict[str, float]:
+        device = next(model.parameters()).device
+        sums: dict[str, float] = {}
+        batches = 0
+        for start in range(0, len(items), batch_size):
+            batch = collator([dataset[i] for i in items[start:start + batch_size]]).to(device)
+            for key, value in objective(model, batch).items():
+                sums[f"val/{key}"] = sums.get(f"val/{key}", 0.0) + float(value)
+            batches += 1
+        return {k: v / batches for k, v in sums.items()}
+
+    return eval_fn
+
+
 def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult:
     """Train E2E-VLP with the joint objective. Writes `<output_dir>/{pretrain_config.json, tokenizer/, model/,
-    checkpoints/, log.jsonl}`."""
+    checkpoints/, log.jsonl}`.
+
+    Periodic validation (`trainer.eval_every` > 0): unless `eval_fn` is given, the objective's terms on
+    `data.val_batches` (default 4) fixed batches of the validation split (the shapes world's "val"; for real files
+    a `data.val` section with the same keys as `data`)."""
     config = copy.deepcopy(config)
     data_cfg = config.get("data", {})
     sources, tokenizer, data_overrides, setup = build_data(data_cfg)
     model_cfg = config.get("model", {})
+    trainer_cfg = TrainerConfig.from_dict(config.get("trainer", {}))
+    seed_everything(trainer_cfg.seed, trainer_cfg.deterministic)  # the initial weights are part of the seeded run
     model = build_e2evlp(model_cfg.get("preset", "e2evlp-tiny"),
                          **{**data_overrides, **model_cfg.get("overrides", {})})
     objective = PretrainingObjective(ObjectiveConfig.from_dict(config.get("objective", {})),
                                      model.config.num_classes, model.config.num_attributes,
                                      model.config.pad_token_id)
     train_tf, _ = image_transforms(data_cfg.get("image", {}))
-    trainer_cfg = TrainerConfig.from_dict(config.get("trainer", {}))
     dataset = PretrainingDataset(sources, train_tf, seed=trainer_cfg.seed)
     collator = PretrainingCollator(tokenizer, max_length=model.config.max_text_length,
                                    mlm_probability=float(data_cfg.get("mlm_probability", 0.15)),
@@ -183,6 +218,12 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
         save_labels(out, *setup)
     elif setup is not None:
         save_labels(out, setup.object_vocab.tokens, setup.attribute_vocab.tokens)
+    if eval_fn is None and trainer_cfg.eval_every:
+        val_sources = _validation_sources(data_cfg)
+        if val_sources is not None:
+            _, eval_tf = image_transforms(data_cfg.get("image", {}))
+            eval_fn = validation_losses(objective, PretrainingDataset(val_sources, eval_tf, seed=trainer_cfg.seed),
+                                        collator, trainer_cfg.batch_size, int(data_cfg.get("val_batches", 4)))
     trainer = Trainer(model, objective, dataset, collator, trainer_cfg, eval_fn=eval_fn)
     history = trainer.train(resume=resume)
     if trainer.accelerator.is_main_process:

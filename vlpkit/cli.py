@@ -1,4 +1,5 @@
-"""Command line: `vlpkit demo`, `vlpkit pretrain`, `vlpkit finetune`, `vlpkit smoke`, `vlpkit params`."""
+"""Command line: `vlpkit demo`, `vlpkit pretrain`, `vlpkit finetune`, `vlpkit evaluate`, `vlpkit smoke`,
+`vlpkit params`."""
 
 from __future__ import annotations
 
@@ -21,27 +22,37 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-TASKS = {"vqa": ("vqa", "VQAConfig"), "nlvr2": ("nlvr2", "NLVR2Config"),
-         "caption": ("captioning", "CaptioningConfig"), "retrieval": ("retrieval", "RetrievalConfig"),
-         "detection": ("detection", "DetectionConfig")}
+# the task names of `vlpkit finetune/evaluate` (vlpkit.tasks.base.TASKS, kept here so that --help imports no torch)
+TASKS = ("caption", "detection", "nlvr2", "retrieval", "vqa")
+
+
+def _parse_value(text: str):
+    """A `--set` value as YAML, with exponent numbers such as `1e-3` read as floats (YAML 1.1 wants `1.0e-3`)."""
+    import re
+
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        return float(value)
+    return value
 
 
 def _split_overrides(items: list[str]) -> tuple[dict, dict]:
-    """`task.key=value` / `trainer.key=value` -> (task dict, trainer dict); values parsed as YAML."""
-    import yaml
-
+    """`task.key=value` / `trainer.key=value` -> (task dict, trainer dict); values parsed by `_parse_value`."""
     task, trainer = {}, {}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, field = key.partition(".")
         if not sep or not dot or section not in ("task", "trainer"):
             raise SystemExit(f"--set {item!r}: expected task.KEY=VALUE or trainer.KEY=VALUE")
-        (task if section == "task" else trainer)[field] = yaml.safe_load(value)
+        (task if section == "task" else trainer)[field] = _parse_value(value)
     return task, trainer
 
 
 def _task_data(data: str, shapes_images: int):
-    """'shapes' -> a generated shapes world; otherwise a YAML/JSON file of dataset paths."""
+    """'shapes' -> a generated shapes world of `shapes_images` images; a YAML/JSON file -> its dataset paths; a
+    folder (a COCO root, for detection) -> its path."""
     from pathlib import Path
 
     import yaml
@@ -51,8 +62,11 @@ def _task_data(data: str, shapes_images: int):
 
         return prepare_shapes(num_images=shapes_images)
     path = Path(data)
+    if path.is_dir():
+        return str(path)
     if not path.is_file():
-        raise SystemExit(f"--data {data!r}: expected 'shapes' or a YAML/JSON file of dataset paths")
+        raise SystemExit(f"--data {data!r}: expected 'shapes', a YAML/JSON file of dataset paths or a dataset "
+                         "folder (a COCO root for detection)")
     return yaml.safe_load(path.read_text())
 
 
@@ -66,18 +80,58 @@ def _checkpoint(path: str | None):
     return p / "model" if (p / "model" / "config.json").is_file() else p
 
 
+def metrics_table(metrics, title: str | None = None) -> str:
+    """A two-column text table of the numbers in `metrics` (other entries, e.g. file paths, are left out)."""
+    import numbers
+
+    rows = [(str(k), f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()
+            if isinstance(v, numbers.Number) and not isinstance(v, bool)]
+    width = max([len("metric")] + [len(k) for k, _ in rows])
+    value_width = max([len("value")] + [len(v) for _, v in rows])
+    lines = [title] if title else []
+    lines += [f"{'metric':<{width}}  {'value':>{value_width}}", f"{'-' * width}  {'-' * value_width}"]
+    lines += [f"{k:<{width}}  {v:>{value_width}}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _final_metrics(result: dict) -> dict:
+    """{split: metrics} from what a finetune_<task> returns."""
+    metrics = result.get("metrics")
+    if isinstance(metrics, dict) and metrics and all(isinstance(v, dict) for v in metrics.values()):
+        return metrics  # vqa, nlvr2: per evaluation split
+    if isinstance(metrics, dict):
+        return {result.get("split", "eval"): metrics}  # detection
+    return {k: result[k] for k in ("val", "test") if isinstance(result.get(k), dict)}  # caption, retrieval
+
+
 def _finetune(args: argparse.Namespace) -> int:
-    import importlib
     import json
 
-    module_name, config_name = TASKS[args.task]
-    module = importlib.import_module(f".tasks.{module_name}", __package__)
+    from .tasks import finetune
+
     task_overrides, trainer_overrides = _split_overrides(args.set)
-    config = getattr(module, config_name).from_dict(task_overrides)
-    finetune = getattr(module, f"finetune_{module_name}")
-    result = finetune(_checkpoint(args.checkpoint), _task_data(args.data, args.shapes_images), args.output,
-                      config=config, trainer_overrides=trainer_overrides)
+    result = finetune(args.task, _checkpoint(args.checkpoint), _task_data(args.data, args.shapes_images), args.output,
+                      config=task_overrides, trainer_overrides=trainer_overrides)
     print(json.dumps(result.get("metrics", result), indent=2, default=str))
+    for split, metrics in _final_metrics(result).items():
+        print(metrics_table(metrics, f"{args.task} {split}"))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .tasks import evaluate
+
+    task_overrides, trainer_overrides = _split_overrides(args.set)
+    if trainer_overrides:
+        raise SystemExit(f"--set trainer.*: evaluate trains nothing (got {sorted(trainer_overrides)})")
+    output = Path(args.output) if args.output else Path(args.model) / "evaluation"
+    metrics = evaluate(args.task, args.model, _task_data(args.data, args.shapes_images), args.split, output,
+                       task_overrides, device=args.device)
+    print(metrics_table(metrics, f"{args.task} {metrics['split']} ({args.model})"))
+    files = [v for k, v in metrics.items() if k.endswith("_file")]
+    print(f"results in {output}" + (f": {', '.join(files)}" if files else ""))
     return 0
 
 
@@ -128,13 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     pre.set_defaults(func=_pretrain)
     fin = sub.add_parser("finetune", help="fine-tune a pretrained model on a downstream task and evaluate it")
-    fin.add_argument("task", choices=sorted(TASKS))
+    fin.add_argument("task", choices=TASKS)
     fin.add_argument("--checkpoint", default=None, help="pretraining run or model folder (default: fresh model)")
-    fin.add_argument("--data", default="shapes", help="'shapes' or a YAML/JSON file of dataset paths")
+    fin.add_argument("--data", default="shapes", help="'shapes', a YAML/JSON file of dataset paths or a COCO root")
     fin.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")
     fin.add_argument("--output", required=True, help="output folder (model, metrics, results files)")
     fin.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE|trainer.KEY=VALUE")
     fin.set_defaults(func=_finetune)
+    ev = sub.add_parser("evaluate", help="evaluate a fine-tuned task model on one split with the official metric")
+    ev.add_argument("task", choices=TASKS)
+    ev.add_argument("--model", required=True, help="the output folder of `vlpkit finetune` (or its model/)")
+    ev.add_argument("--data", default="shapes", help="'shapes', a YAML/JSON file of dataset paths or a COCO root")
+    ev.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")
+    ev.add_argument("--split", default=None,
+                    help="evaluation split (default: vqa val, nlvr2 dev, caption/retrieval test, detection val)")
+    ev.add_argument("--output", default=None,
+                    help="folder for the official results file and evaluation_<split>.json (default: MODEL/evaluation)")
+    ev.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    ev.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE",
+                    help="change a field of the recorded recipe, e.g. task.eval_batch_size=8")
+    ev.set_defaults(func=_evaluate)
     smoke = sub.add_parser("smoke", help="build a model and run one forward pass on a random image")
     smoke.add_argument("--preset", default="e2evlp-tiny")
     smoke.add_argument("--height", type=int, default=128)

@@ -14,6 +14,7 @@ from vlpkit.data.transforms import make_eval_transforms, make_train_transforms
 from vlpkit.metrics.captioning import evaluate_caption_files, load_caption_results
 from vlpkit.models import E2EVLP
 from vlpkit.pretraining.shapes import prepare_shapes
+from vlpkit.tasks import TaskOutput
 from vlpkit.tasks.captioning import (
     CaptionCollator,
     CaptioningConfig,
@@ -66,12 +67,14 @@ def test_batch_reads_the_image_alone(setup, model, batch):
     assert (batch.caption_ids[:, 0] == tok.cls_token_id).all()
     assert tok.decode(batch.caption_ids[0], skip_special_tokens=True) == tok.decode(
         tok(batch.meta[0]["caption"])["input_ids"], skip_special_tokens=True)
-    logits = model(batch)["logits"]
+    out = model(batch)
+    logits = out.logits
+    assert isinstance(out, TaskOutput) and out["logits"] is logits  # typed, and a mapping
     assert logits.shape == (4, batch.caption_ids.shape[1] - 1, model.config.vocab_size)
     # the encoder text is never read: putting the caption there changes nothing
     leaked = copy.copy(batch)
     leaked.input_ids, leaked.attention_mask = batch.caption_ids, batch.caption_mask
-    torch.testing.assert_close(model(leaked)["logits"], logits)
+    torch.testing.assert_close(model(leaked).logits, logits)
 
 
 def test_loss_is_label_smoothed_cross_entropy(model, batch):

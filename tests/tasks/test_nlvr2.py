@@ -17,6 +17,7 @@ from vlpkit.data.readers.nlvr2 import image_names
 from vlpkit.data.shapes import SceneConfig
 from vlpkit.metrics.nlvr2 import evaluate_nlvr2_files
 from vlpkit.pretraining.shapes import prepare_shapes
+from vlpkit.tasks import TaskOutput
 from vlpkit.tasks.nlvr2 import (
     NLVR2Collator,
     NLVR2Config,
@@ -82,7 +83,7 @@ def test_forward_concatenates_left_and_right_cls_states(data, model):
     dataset = data.eval["dev"].dataset(model.eval_transforms)
     batch = _batch(model, dataset, 3)
     with torch.no_grad():
-        logits = model(batch)
+        logits = model(batch).logits
         assert logits.shape == (3, 2)
         for i in range(3):
             sample = dataset[i]
@@ -99,7 +100,7 @@ def test_loss_is_cross_entropy_on_the_pair_logits(data, model):
     batch = _batch(model, data.train.dataset(model.eval_transforms), 4)
     out = nlvr2_loss(model, batch)
     with torch.no_grad():
-        logp = model(batch).double().log_softmax(-1)
+        logp = model(batch).logits.double().log_softmax(-1)
     expected = -logp[torch.arange(4), batch.labels].mean()
     assert out["loss"].item() == pytest.approx(expected.item(), abs=1e-5)
     assert out["accuracy"].item() == (logp.argmax(-1) == batch.labels).double().mean().item()
@@ -150,7 +151,7 @@ class LabelOracle(NLVR2Model):
     def forward(self, batch):
         wrong = torch.tensor([m["identifier"].split("-")[2] == "1" for m in batch.meta])
         judged = batch.labels.bool() ^ wrong
-        return F.one_hot(judged.long(), 2).float() * 10 + 0 * self.head.classifier.bias.sum()
+        return TaskOutput(logits=F.one_hot(judged.long(), 2).float() * 10 + 0 * self.head.classifier.bias.sum())
 
 
 def test_predictions_file_is_official_and_matches_the_in_loop_accuracy(tmp_path, data, model):
@@ -170,7 +171,8 @@ def test_predictions_file_is_official_and_matches_the_in_loop_accuracy(tmp_path,
 
 class AlwaysTrue(NLVR2Model):
     def forward(self, batch):
-        return torch.tensor([[0.0, 1.0]]).expand(batch.input_ids.shape[0], 2) + 0 * self.head.classifier.bias.sum()
+        logits = torch.tensor([[0.0, 1.0]]).expand(batch.input_ids.shape[0], 2)
+        return TaskOutput(logits=logits + 0 * self.head.classifier.bias.sum())
 
 
 @pytest.mark.filterwarnings("ignore::vlpkit.data.TextTruncationWarning")  # real sentences, shapes vocabulary

@@ -77,7 +77,7 @@ def test_head_starts_as_itm_log_odds(model, setup):
         encoding = model.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask)
         matched = model.e2evlp.itm_logits(encoding).softmax(-1)[:, 1]
         torch.testing.assert_close(model.score(encoding).sigmoid(), matched)
-        torch.testing.assert_close(model(batch)["scores"], model.score(encoding))
+        torch.testing.assert_close(model(batch).logits, model.score(encoding))
 
 
 def test_pretraining_checkpoint_loads_and_names_the_head(setup, tmp_path, caplog):

@@ -20,6 +20,7 @@ from vlpkit.metrics.vqa import evaluate_vqa as official_vqa
 from vlpkit.metrics.vqa import normalize_answer
 from vlpkit.models import E2EVLP
 from vlpkit.pretraining.shapes import prepare_shapes
+from vlpkit.tasks import TaskOutput
 from vlpkit.tasks.vqa import (
     BACKBONE_PREFIX,
     VQACollator,
@@ -67,12 +68,12 @@ class AnnotatorOracle(VQAModel):
     model answers every question alike)."""
 
     def forward(self, batch):
-        logits = super().forward(batch)
+        logits = super().forward(batch).logits
         onehot = torch.zeros_like(logits)
         for i, meta in enumerate(batch.meta):
             answer = normalize_answer(meta["answers"][meta["question_id"] % 10])
             onehot[i, self.answer_vocab.get(answer, meta["question_id"] % len(self.answer_vocab))] = 1
-        return logits + 100 * onehot
+        return TaskOutput(logits=logits + 100 * onehot)
 
 
 def _batch(data, vocab, model, split="val", n=6):
@@ -125,7 +126,7 @@ def test_collator_targets_are_the_official_soft_scores(data, vocab, model):
 def test_forward_is_the_head_on_each_question_cls_state(data, vocab, model):
     batch, _ = _batch(data, vocab, model, n=4)
     with torch.no_grad():
-        logits = model(batch)
+        logits = model(batch).logits
         assert logits.shape == (4, len(vocab))
         for i in range(4):
             enc = model.e2evlp.encode(batch.pixel_values[i:i + 1], batch.pixel_mask[i:i + 1],
@@ -137,7 +138,7 @@ def test_trainer_loss_and_its_score_term(data, vocab, model):
     batch, _ = _batch(data, vocab, model, n=5)
     out = vqa_loss(model, batch)
     with torch.no_grad():
-        logits = model(batch)
+        logits = model(batch).logits
     assert out["loss"].item() == pytest.approx(vqa_bce(logits, batch.answer_scores).item(), rel=1e-5)
     best = logits.argmax(-1)
     assert out["score"].item() == pytest.approx(float(sum(batch.answer_scores[i, best[i]] for i in range(5))) / 5)
@@ -157,7 +158,7 @@ def test_pretraining_checkpoint_loads_and_names_the_new_head(tmp_path, setup, vo
     loaded, original = task.e2evlp.state_dict(), e2evlp.state_dict()
     assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in original)
     assert task.head.classifier.out_features == len(vocab)
-    with pytest.raises(FileNotFoundError, match="not a VQA model"):
+    with pytest.raises(FileNotFoundError, match="not a model saved by VQAModel.save_pretrained"):
         VQAModel.from_pretrained(tmp_path / "pre")
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,8 @@ from ..checkpoint import CONFIG_NAME
 from ..config import E2EVLPConfig
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers import CocoCaptions, KarpathyDataset
-from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer, save_tokenizer
+from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
-from ..engine import Trainer, TrainerConfig
 from ..generation.length_penalty import LENGTH_PENALTY_STYLES
 from ..losses.label_smoothing import label_smoothed_cross_entropy
 from ..metrics.captioning import (
@@ -50,24 +49,27 @@ from ..metrics.captioning import (
 from ..models import E2EVLP
 from ..models.outputs import GenerationOutput
 from ..ops.distributed import reduce_counts
-from .base import TaskModel, load_e2evlp
+from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public here too)
+    BACKBONE_PREFIX,
+    TaskConfig,
+    TaskModel,
+    TaskOutput,
+    finetune_val_test,
+    load_e2evlp,
+    load_finetuned,
+    task_trainer_config,
+    tokenizer_overrides,
+)
 
 DETR_TRAIN_SCALES = tuple(range(480, 801, 32))
-BACKBONE_PREFIX = "e2evlp.backbone.trunk."  # parameter names inside a TaskModel (the trainer's backbone_lr group)
-
-
-def _check_fields(cls, data: Mapping[str, Any], what: str) -> None:
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields: {valid}")
+RECIPE_FILE = "captioning_config.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
-class CaptioningConfig:
+class CaptioningConfig(TaskConfig):
     """Recipe of caption fine-tuning and decoding.
 
     From the paper (issue 7): label-smoothed loss, beam size 4, GNMT length penalty alpha 0.9. Not stated there,
@@ -130,31 +132,6 @@ class CaptioningConfig:
         if problems:
             raise ValueError("invalid CaptioningConfig: " + "; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CaptioningConfig:
-        _check_fields(cls, data, "CaptioningConfig")
-        return cls(**data)
-
-    def trainer_config(self, output_dir: str | Path, **overrides: Any) -> TrainerConfig:
-        """The engine's TrainerConfig for this recipe; `overrides` are TrainerConfig fields (they win)."""
-        return task_trainer_config(self, output_dir, **overrides)
-
-
-def task_trainer_config(config, output_dir: str | Path, **overrides: Any) -> TrainerConfig:
-    """TrainerConfig from a task config's batch_size, epochs, lr, backbone_lr, weight_decay, lr_drop_epochs,
-    warmup_steps, clip_max_norm and seed; `overrides` are TrainerConfig fields (they win)."""
-    return TrainerConfig(
-        output_dir=str(output_dir), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        backbone_lr=config.backbone_lr, weight_decay=config.weight_decay, lr_drop_epochs=config.lr_drop_epochs,
-        warmup_steps=config.warmup_steps, clip_max_norm=config.clip_max_norm, seed=config.seed,
-        backbone_prefix=BACKBONE_PREFIX,
-        # heads the task does not use (detection, MLM...) get no gradient: DDP must be told
-        find_unused_parameters=True,
-    ).replace(**overrides)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Data: where each split's images and captions are (shared with vlpkit.tasks.retrieval)
@@ -196,13 +173,6 @@ PATHS_HELP = """caption data paths (a dict, or a .json/.yaml file holding it), e
 or one Karpathy file:
   {"tokenizer": DIR, "karpathy": dataset_coco.json, "images": ROOT,
    "splits": {"train": ["train", "restval"], "val": "val", "test": "test"}}   ("splits" optional, this default)"""
-
-
-def tokenizer_overrides(tokenizer) -> dict[str, Any]:
-    """E2EVLPConfig fields that must agree with a tokenizer ([CLS] starts and [SEP] ends a caption)."""
-    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
 
 
 def caption_data(setup_or_paths) -> CaptionData:
@@ -359,8 +329,11 @@ class CaptionPrediction:
 class CaptionModel(TaskModel):
     """E2EVLP fine-tuned for captioning. No new parameter: the head is the pretrained caption LM head.
 
-    `tokenizer` (for `caption`) and the evaluation image size are kept on the instance, not in the weights.
+    `tokenizer` (for `caption`) and the evaluation image size are kept on the instance, not in the weights;
+    `save_pretrained(directory, config)` records them (tokenizer/, the recipe in `captioning_config.json`).
     """
+
+    recipe_file = RECIPE_FILE
 
     def __init__(self, e2evlp: E2EVLP, tokenizer=None, eval_size: int = 800, max_size: int = 1333) -> None:
         super().__init__(e2evlp, nn.Identity())
@@ -376,33 +349,28 @@ class CaptionModel(TaskModel):
         return model
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int = 800,
-                        max_size: int = 1333) -> CaptionModel:
-        """Load a fine-tuned captioner written by `save_pretrained` (and its tokenizer from `directory/tokenizer`)."""
+    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int | None = None,
+                        max_size: int | None = None) -> CaptionModel:
+        """Load a fine-tuned captioner written by `save_pretrained`, with its tokenizer from `directory/tokenizer`
+        and, unless given, the evaluation image size of its recorded recipe (else 800 / 1333)."""
         directory = Path(directory)
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), tokenizer, eval_size, max_size)
+        recipe = cls.load_recipe(directory, CaptioningConfig) or CaptioningConfig()
+        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)),
+                    tokenizer if tokenizer is not None else cls.saved_tokenizer(directory),
+                    eval_size or recipe.eval_size, max_size or recipe.max_size)
         model.load_task_weights(directory)
-        if model.tokenizer is None and (directory / "tokenizer").is_dir():
-            model.tokenizer = load_tokenizer(directory / "tokenizer")
         return model
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Config and weights (see `TaskModel.save_pretrained`), plus the tokenizer in `directory/tokenizer`."""
-        directory = super().save_pretrained(directory)
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, directory / "tokenizer")
-        return directory
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> TaskOutput:
         """Teacher-forced next-token logits from the image alone.
 
         Uses batch.pixel_values/pixel_mask and batch.caption_ids [B, T] (batch.input_ids is not read).
-        Returns {"logits": [B, T-1, vocab_size]}; position t predicts caption_ids[:, t + 1].
+        Returns `TaskOutput(logits=[B, T-1, vocab_size])`; position t predicts caption_ids[:, t + 1].
         """
         if batch.caption_ids is None:
             raise ValueError("CaptionModel.forward needs batch.caption_ids ([CLS] caption [SEP] token ids)")
         encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask)
-        return {"logits": self.head(self.e2evlp.caption_logits(encoding, batch.caption_ids[:, :-1]))}
+        return TaskOutput(logits=self.head(self.e2evlp.caption_logits(encoding, batch.caption_ids[:, :-1])))
 
     @torch.no_grad()
     def generate(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None,
@@ -457,7 +425,7 @@ def captioning_loss(model: CaptionModel, batch: Batch, label_smoothing: float = 
     Normalised by the number of target tokens averaged over processes (so DDP gradients equal one large
     batch's). Returns {"loss", "nll"} ("nll": the unsmoothed cross-entropy, for logging).
     """
-    logits = model(batch)["logits"].float()
+    logits = model(batch).logits.float()
     targets = batch.caption_ids[:, 1:]
     pad = model.config.pad_token_id
     (num_tokens,) = reduce_counts([int((targets != pad).sum())], logits.device)
@@ -545,43 +513,39 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
     """Fine-tune for captioning, evaluate on the val and test splits, save model and metrics.
 
     Args:
-        checkpoint: a pretraining folder (`E2EVLP.save_pretrained`), an E2EVLP, or None (a fresh e2evlp-tiny
-            sized for the data's tokenizer).
+        checkpoint: a pretraining folder (`E2EVLP.save_pretrained`) or run folder, an E2EVLP, or None (a fresh
+            e2evlp-tiny sized for the data's tokenizer).
         setup_or_paths: see `caption_data`.
         output_dir: receives the trainer's checkpoints and log, `model/` (CaptionModel.save_pretrained, with its
-            tokenizer), `captions_test_vlpkit_results.json`, `captioning_config.json` and `metrics.json`.
+            tokenizer and recipe), `captions_test_vlpkit_results.json`, `captioning_config.json` and
+            `metrics.json`.
         config: a CaptioningConfig or a dict of its fields. trainer_overrides: TrainerConfig fields.
     Returns:
         {"train": {"steps", "first_loss", "last_loss"}, "val": metrics, "test": metrics, "output_dir"}.
     """
     config = config if isinstance(config, CaptioningConfig) else CaptioningConfig.from_dict(config or {})
     data = caption_data(setup_or_paths)
-    out = Path(output_dir)
     model = CaptionModel.from_checkpoint(load_task_e2evlp(checkpoint, data), data.tokenizer, config.eval_size,
                                          config.max_size)
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
-    train_set = data.split(config.train_split).reader("caption", train_tf)
-    val_metrics: dict[str, float] = {}
+    return finetune_val_test(model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing),
+                             data.split(config.train_split).reader("caption", train_tf),
+                             CaptionCollator(data.tokenizer, config.max_caption_length), data, config,
+                             Path(output_dir), trainer_overrides, evaluate_captioning, RECIPE_FILE)
 
-    def eval_fn(m):
-        val_metrics.update(evaluate_captioning(m, data.tokenizer, data, config.val_split, config=config))
-        return val_metrics
 
-    trainer = Trainer(model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing), train_set,
-                      CaptionCollator(data.tokenizer, config.max_caption_length),
-                      config.trainer_config(out, **dict(trainer_overrides or {})),
-                      eval_fn=eval_fn if config.val_split in data.splits else None)
-    history = trainer.train()
-    result: dict[str, Any] = {"train": {"steps": len(history), "first_loss": history[0]["loss"] if history else None,
-                                        "last_loss": history[-1]["loss"] if history else None},
-                              "output_dir": str(out)}
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(out / "model")
-        (out / "captioning_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        if val_metrics:
-            result["val"] = dict(val_metrics)
-        if config.test_split in data.splits:
-            result["test"] = evaluate_captioning(model, data.tokenizer, data, config.test_split, out, config)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,
+                       config: CaptioningConfig | Mapping | None = None, *,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """`evaluate_captioning` of a `finetune_captioning` output folder (or its `model/`) on `split` of `data`
+    (default: the recipe's `test_split`), decoded and scored with the recorded recipe (`config`: see
+    `load_finetuned`). Returns its metrics with "split"."""
+    model, config = load_finetuned(CaptionModel, CaptioningConfig, model_dir, config)
+    data = caption_data(data)
+    split = split or config.test_split
+    tokenizer = model.tokenizer if model.tokenizer is not None else data.tokenizer
+    return {"split": split, **evaluate_captioning(model.to(device), tokenizer, data, split, output_dir, config)}
+
+
+CONFIG_CLASS = CaptioningConfig

@@ -24,7 +24,7 @@ import logging
 import random
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from ..config import E2EVLPConfig
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
-from ..engine import Trainer, TrainerConfig
+from ..engine import Trainer
 from ..inference import load_labels, locate_pretrained, save_labels, save_preprocessing
 from ..losses import SetCriterion
 from ..metrics.detection import evaluate_detections, to_coco_results
@@ -47,7 +47,7 @@ from ..models import E2EVLP
 from ..models.outputs import DetectionOutput, EncoderOutput
 from ..ops import HungarianMatcher, postprocess_detections
 from ..pretraining.sources import CocoWithCaptions
-from .base import TaskModel, load_e2evlp
+from .base import TaskConfig, TaskModel, fresh_overrides, load_e2evlp, load_finetuned, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,12 @@ CLASS_HEAD = ("e2evlp.detection_head.class_embed.bias", "e2evlp.detection_head.c
 
 __all__ = ["DetectionConfig", "DetectionModel", "DetectionSplit", "DetectionDataset", "DetectionCollator",
            "detection_split", "build_criterion", "detection_loss", "detection_results", "evaluate_detection",
-           "finetune_detection"]
+           "finetune_detection", "evaluate_finetuned"]
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
 @dataclass
-class DetectionConfig:
+class DetectionConfig(TaskConfig):
     """Fine-tuning recipe. The paper gives no detection fine-tuning hyper-parameters; the defaults are DETR's
     150-epoch schedule (Carion et al., 2020): AdamW, lr 1e-4 (backbone 1e-5), weight decay 1e-4, drop x0.1 at epoch
     100, gradient clipping 0.1, 4 images per GPU (x16 GPUs = 64), multi-scale 480..800 (max 1333) with random crop
@@ -106,35 +106,11 @@ class DetectionConfig:
         if self.eval_size >= self.max_size:
             raise ValueError(f"eval_size={self.eval_size} must be below max_size={self.max_size}")
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DetectionConfig:
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"unknown detection config field(s) {unknown}; valid fields: {cls.field_names()}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def train_transforms(self):
         return make_train_transforms(scales=self.train_scales, max_size=self.max_size, crop=self.crop, flip=self.flip)
 
     def eval_transforms(self):
         return make_eval_transforms(self.eval_size, self.max_size)
-
-    def trainer_config(self, output_dir: str | Path, **overrides: Any) -> TrainerConfig:
-        """The engine's `TrainerConfig` for this recipe (`overrides` win)."""
-        base = TrainerConfig(output_dir=str(output_dir), epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                             backbone_lr=self.backbone_lr, weight_decay=self.weight_decay,
-                             clip_max_norm=self.clip_max_norm, lr_drop_epochs=self.lr_drop_epochs,
-                             backbone_prefix="e2evlp.backbone.trunk.",
-                             # the MLM, ITM, caption and attribute heads get no gradient from detection
-                             find_unused_parameters=True)
-        return base.replace(**overrides)
 
 
 # ---- the model -------------------------------------------------------------------------------------------
@@ -142,8 +118,11 @@ class DetectionModel(TaskModel):
     """E2E-VLP as a COCO detector: `encode` -> `detect`.
 
     It adds no head of its own (`self.head` is an `nn.Identity`): the pretrained `e2evlp.detection_head` is the
-    task head. `new_parameters` lists the class layer when `from_checkpoint` re-initialised it.
+    task head. `new_parameters` lists the class layer when `from_checkpoint` re-initialised it. `forward` returns
+    the typed `DetectionOutput` of the model.
     """
+
+    recipe_file = TASK_CONFIG_NAME
 
     def __init__(self, e2evlp: E2EVLP, paired_text: bool = True) -> None:
         super().__init__(e2evlp, nn.Identity())
@@ -201,8 +180,8 @@ class DetectionModel(TaskModel):
         """`config.json` + `model.safetensors` (TaskModel) + `detection_config.json` (the recipe; paired_text is
         the model's)."""
         directory = super().save_pretrained(directory)
-        data = {**(config or DetectionConfig()).to_dict(), "paired_text": self.paired_text}
-        atomic_write(directory / TASK_CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+        write_json(directory / TASK_CONFIG_NAME, {**(config or DetectionConfig()).to_dict(),
+                                                  "paired_text": self.paired_text})
         return directory
 
     @classmethod
@@ -448,14 +427,6 @@ def _tokenizer(data: Any, checkpoint: Any):
                             "ShapesSetup, or data={'tokenizer': <folder>, 'train': ..., 'val': ...}")
 
 
-def _fresh_overrides(data: Any, tokenizer) -> dict:
-    if callable(getattr(data, "model_overrides", None)):
-        return data.model_overrides()
-    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-
-
 def _attribute_names(data: Any, checkpoint: Any, model: DetectionModel) -> list[str]:
     """Names of the (unchanged) attribute head, carried over from the checkpoint folder or the shapes setup."""
     names: list[str] = []
@@ -480,15 +451,16 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     `tokenizer/`, `labels.json` and `preprocessing.json`: `E2EVLPPredictor.from_pretrained` reads it),
     `detections_<split>_results.json`, `metrics_<split>.json` and `metrics.json`.
     Returns:
-        {"metrics": COCOeval stats, "history": the trainer's per-step records, "model_dir": path}.
+        {"split": the evaluated split, "metrics": COCOeval stats, "history": the trainer's per-step records,
+        "model_dir": path}.
     """
     config = config or DetectionConfig()
     output_dir = Path(output_dir)
     tokenizer = _tokenizer(setup_or_paths, checkpoint)
-    trainer_config = config.trainer_config(output_dir, **(trainer_overrides or {}))
+    trainer_config = config.trainer_config(output_dir, trainer_overrides)
     train_set = DetectionDataset(detection_split(setup_or_paths, "train"), config.train_transforms(),
                                  config.paired_text, train=True, seed=trainer_config.seed)
-    overrides = _fresh_overrides(setup_or_paths, tokenizer) if checkpoint is None else {}
+    overrides = fresh_overrides(setup_or_paths, tokenizer) if checkpoint is None else {}
     overrides.pop("num_classes", None)  # the dataset's category count decides
     model = DetectionModel.from_checkpoint(checkpoint, num_classes=train_set.num_classes,
                                            paired_text=config.paired_text, **overrides)
@@ -496,7 +468,7 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     trainer = Trainer(model, functools.partial(detection_loss, criterion=criterion), train_set,
                       DetectionCollator(tokenizer, model.config.max_text_length), trainer_config)
     history = trainer.train()
-    result = {"metrics": {}, "history": history, "model_dir": str(output_dir / "model")}
+    result = {"split": config.eval_split, "metrics": {}, "history": history, "model_dir": str(output_dir / "model")}
     if not trainer.accelerator.is_main_process:
         return result
     metrics = evaluate_detection(model, tokenizer, setup_or_paths, config.eval_split, output_dir, config)
@@ -512,3 +484,20 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     result["metrics"] = metrics
     return result
+
+
+def evaluate_finetuned(model_dir: str | Path, data: Any, split: str | None = None,
+                       output_dir: str | Path | None = None, config: DetectionConfig | Mapping | None = None, *,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """`evaluate_detection` of a `finetune_detection` output folder (or its `model/`) on `split` of `data`
+    (default: the recipe's `eval_split`), with the recorded recipe's image size and batch size (`config`: see
+    `load_finetuned`); the text paired with each image follows the model's `paired_text`. Returns its metrics with
+    "split"."""
+    model, config = load_finetuned(DetectionModel, DetectionConfig, model_dir, config)
+    tokenizer = locate_pretrained(model_dir).tokenizer_dir
+    tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else _tokenizer(data, None)
+    split = split or config.eval_split
+    return {"split": split, **evaluate_detection(model.to(device), tokenizer, data, split, output_dir, config)}
+
+
+CONFIG_CLASS = DetectionConfig

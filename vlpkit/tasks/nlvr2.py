@@ -18,10 +18,6 @@ Images are never flipped: "left"/"right" name the two images, not positions insi
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,32 +25,41 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-import yaml
-from torch import nn
 from torch.utils.data import DataLoader
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, atomic_write
+from ..checkpoint import CONFIG_NAME
 from ..config import ConfigError, E2EVLPConfig
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.nlvr2 import NLVR2Dataset
-from ..data.tokenization import load_tokenizer, save_tokenizer
+from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
-from ..engine import Trainer, TrainerConfig
 from ..metrics import nlvr2 as nlvr2_metric
 from ..models import E2EVLP
-from .base import TaskModel, load_e2evlp
-from .vqa import IMAGE_DEFAULTS, check_tokenizer, find_tokenizer, task_trainer_config, tokenizer_overrides
-
-logger = logging.getLogger(__name__)
+from .base import (
+    MLPClassifier,
+    TaskConfig,
+    TaskData,
+    TaskModel,
+    TaskOutput,
+    check_tokenizer,
+    eval_split,
+    find_tokenizer,
+    finetune_eval_splits,
+    fresh_overrides,
+    load_e2evlp,
+    load_finetuned,
+    write_json,
+)
 
 TASK_FILE = "nlvr2_task.json"
-TOKENIZER_DIR = "tokenizer"
+RECIPE_FILE = "nlvr2_config.json"
+SPLIT_ALIASES = {"val": "dev", "test": "test1"}  # `evaluate --split val|test`: NLVR2's dev and test-P
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
 @dataclass
-class NLVR2Config:
+class NLVR2Config(TaskConfig):
     """Fine-tuning hyper-parameters; the defaults are the paper's recipe (the same schedule as VQA).
 
     `train_scales`, `max_size` and `eval_size` left at None take the data's defaults (see `VQAConfig`).
@@ -81,29 +86,6 @@ class NLVR2Config:
         if self.train_scales is not None:
             self.train_scales = [int(s) for s in self.train_scales]
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NLVR2Config:
-        """Build from a dict; unknown keys raise a `ConfigError` listing the valid ones."""
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown NLVR2 config field(s) {unknown}; valid fields: {cls.field_names()}")
-        return cls(**data)
-
-    def image_settings(self, kind: str) -> dict[str, Any]:
-        """`train_scales`, `max_size`, `eval_size`: the set values, else the defaults of data `kind`."""
-        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in IMAGE_DEFAULTS[kind].items()}
-
-    def trainer_config(self, output_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainerConfig:
-        """The `TrainerConfig` of this recipe with `overrides` applied last (see `task_trainer_config`)."""
-        return task_trainer_config(self, output_dir, overrides)
-
 
 # ---- data ------------------------------------------------------------------------------------------------
 @dataclass
@@ -121,7 +103,7 @@ class NLVR2Split:
 
 
 @dataclass
-class NLVR2Data:
+class NLVR2Data(TaskData):
     """The training split, evaluation splits by name (dev, test1), the tokenizer, the kind of data ("shapes" or
     "files": chooses the default image sizes) and, for the shapes world, majority-label baselines."""
 
@@ -130,6 +112,7 @@ class NLVR2Data:
     tokenizer: Any = None
     kind: str = "files"
     baselines: dict[str, Any] = field(default_factory=dict)
+    task_name = "NLVR2"  # in error messages of `resolve` (a class attribute, not a field)
 
     @classmethod
     def from_shapes(cls, setup) -> NLVR2Data:
@@ -162,28 +145,6 @@ class NLVR2Data:
         return cls(split(data["train"], "train"), {n: split(d, f"eval[{n!r}]") for n, d in data["eval"].items()},
                    tokenizer)
 
-    @classmethod
-    def resolve(cls, setup_or_paths) -> NLVR2Data:
-        """An `NLVR2Data`, a `ShapesSetup`, `"shapes"` (the default shapes world) or a YAML/JSON description."""
-        if isinstance(setup_or_paths, NLVR2Data):
-            return setup_or_paths
-        if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "tokenizer"):
-            return cls.from_shapes(setup_or_paths)
-        if setup_or_paths == "shapes":
-            from ..pretraining.shapes import prepare_shapes
-
-            return cls.from_shapes(prepare_shapes())
-        if isinstance(setup_or_paths, Mapping):
-            return cls.from_dict(setup_or_paths)
-        if isinstance(setup_or_paths, (str, Path)):
-            path = Path(setup_or_paths)
-            if not path.is_file():
-                raise FileNotFoundError(f"NLVR2 data description not found: {path} (expected 'shapes' or a "
-                                        "YAML/JSON file with 'train' and 'eval' splits)")
-            return cls.from_dict(yaml.safe_load(path.read_text()), path.parent)
-        raise TypeError(f"expected an NLVR2Data, ShapesSetup, 'shapes' or a description file, "
-                        f"got {type(setup_or_paths).__name__}")
-
 
 class NLVR2Collator:
     """NLVR2Dataset samples -> `Batch` of B pairs.
@@ -214,18 +175,12 @@ class NLVR2Collator:
 
 
 # ---- model -----------------------------------------------------------------------------------------------
-class NLVR2Head(nn.Module):
+class NLVR2Head(MLPClassifier):
     """The concatenated `[CLS]` states [B, 2d] of the left and right image -> [B, 2] logits (index 1 = True):
     Linear(2d, 2d) - GELU - LayerNorm - Linear(2d, 2), as LXMERT's NLVR2 classifier."""
 
     def __init__(self, d_model: int, layer_norm_eps: float = 1e-12) -> None:
-        super().__init__()
-        self.dense = nn.Linear(2 * d_model, 2 * d_model)
-        self.norm = nn.LayerNorm(2 * d_model, eps=layer_norm_eps)
-        self.classifier = nn.Linear(2 * d_model, 2)
-
-    def forward(self, pair_state: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(F.gelu(self.dense(pair_state))))
+        super().__init__(2 * d_model, 2 * d_model, 2, layer_norm_eps)
 
 
 class NLVR2Prediction(NamedTuple):
@@ -241,6 +196,8 @@ class NLVR2Model(TaskModel):
     Build it with `from_checkpoint` (pretrained E2EVLP, new head) or `from_pretrained` (a saved NLVR2 model).
     """
 
+    recipe_file = RECIPE_FILE
+
     def __init__(self, e2evlp: E2EVLP, tokenizer=None, eval_size: int = 800, max_size: int = 1333) -> None:
         super().__init__(e2evlp, NLVR2Head(e2evlp.config.d_model, e2evlp.config.layer_norm_eps))
         self.tokenizer = tokenizer
@@ -251,9 +208,9 @@ class NLVR2Model(TaskModel):
         self.eval_size, self.max_size = int(eval_size), int(max_size)
         self.eval_transforms = make_eval_transforms(self.eval_size, self.max_size)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> TaskOutput:
         """`Batch` of B pairs (pixel_values [2B, 3, H, W] with pair i at rows 2i, 2i+1; input_ids [B, L])
-        -> [B, 2] logits."""
+        -> `TaskOutput(logits=[B, 2])` (index 1 = True)."""
         pairs = batch.input_ids.shape[0]
         if batch.pixel_values.shape[0] != 2 * pairs:
             raise ValueError(f"NLVR2 batch of {pairs} sentences needs {2 * pairs} images (left, right per pair), "
@@ -261,7 +218,7 @@ class NLVR2Model(TaskModel):
         types = None if batch.token_type_ids is None else batch.token_type_ids.repeat_interleave(2, 0)
         encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids.repeat_interleave(2, 0),
                                       batch.attention_mask.repeat_interleave(2, 0), types)
-        return self.head(encoding.cls_state.reshape(pairs, -1))  # row i = [left state ; right state]
+        return TaskOutput(logits=self.head(encoding.cls_state.reshape(pairs, -1)))  # row i = [left ; right]
 
     # ---- inference -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -290,7 +247,7 @@ class NLVR2Model(TaskModel):
                 ids, mask, types = collate_texts([sentences[i] for i in chunk], self.tokenizer,
                                                  self.config.max_text_length)
                 batch = Batch(pixel_values, pixel_mask, ids, mask, types, targets=[]).to(device)
-                probs = self(batch).float().softmax(-1)[:, 1].tolist()
+                probs = self(batch).logits.float().softmax(-1)[:, 1].tolist()
                 out += [NLVR2Prediction(p > 0.5, p) for p in probs]
         finally:
             self.train(was_training)
@@ -307,28 +264,20 @@ class NLVR2Model(TaskModel):
             model.report_new_parameters()
         return model
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """E2EVLP config + weights (with the head), `nlvr2_task.json` and `tokenizer/`."""
-        directory = super().save_pretrained(directory)
-        task = {"task": "nlvr2", "eval_size": self.eval_size, "max_size": self.max_size}
-        atomic_write(directory / TASK_FILE, lambda tmp: Path(tmp).write_text(json.dumps(task, indent=2) + "\n"))
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
+    def save_pretrained(self, directory: str | Path, config: NLVR2Config | None = None) -> Path:
+        """E2EVLP config + weights (with the head), `tokenizer/`, `nlvr2_task.json` (image sizes) and, when given,
+        the fine-tuning recipe in `nlvr2_config.json`."""
+        directory = super().save_pretrained(directory, config)
+        write_json(directory / TASK_FILE, {"task": "nlvr2", "eval_size": self.eval_size, "max_size": self.max_size})
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> NLVR2Model:
         """Load a model written by `NLVR2Model.save_pretrained` (strictly: every weight must fit)."""
+        task = cls.read_task_file(directory, TASK_FILE)
         directory = Path(directory)
-        task_file = directory / TASK_FILE
-        if not task_file.is_file():
-            raise FileNotFoundError(f"{task_file} not found: {directory} is not an NLVR2 model saved by "
-                                    "NLVR2Model.save_pretrained (for a pretraining checkpoint use from_checkpoint)")
-        task = json.loads(task_file.read_text())
-        tok_dir = directory / TOKENIZER_DIR
-        tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), tokenizer, task["eval_size"],
-                    task["max_size"])
+        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), cls.saved_tokenizer(directory),
+                    task["eval_size"], task["max_size"])
         model.load_task_weights(directory)
         model.new_parameters = []
         return model
@@ -340,7 +289,7 @@ def nlvr2_loss(model: NLVR2Model, batch: Batch) -> dict[str, torch.Tensor]:
     accuracy (detached)}."""
     if batch.labels is None:
         raise ValueError("nlvr2_loss needs batch.labels")
-    logits = model(batch)
+    logits = model(batch).logits
     loss = F.cross_entropy(logits.float(), batch.labels)
     accuracy = (logits.detach().argmax(-1) == batch.labels).float().mean()
     return {"loss": loss, "accuracy": accuracy}
@@ -364,7 +313,7 @@ def predict_nlvr2(model: NLVR2Model, dataset: NLVR2Dataset, tokenizer, batch_siz
     try:
         for batch in loader:
             identifiers += [m["identifier"] for m in batch.meta]
-            predictions += (model(batch.to(device)).argmax(-1) == 1).tolist()
+            predictions += (model(batch.to(device)).logits.argmax(-1) == 1).tolist()
             labels += (batch.labels == 1).tolist()
     finally:
         model.train(was_training)
@@ -407,19 +356,19 @@ def evaluate_nlvr2(model: NLVR2Model, tokenizer, data: NLVR2Split, split: str = 
     return out
 
 
-# ---- fine-tuning -----------------------------------------------------------------------------------------
+# ---- fine-tuning ---------------------------------------------------------------------------------------------
 def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_dir: str | Path,
                    config: NLVR2Config | None = None, trainer_overrides: Mapping[str, Any] | None = None, *,
                    tokenizer=None, eval_fn: Callable | None = None, resume: bool = False) -> dict[str, Any]:
     """Fine-tune E2E-VLP on NLVR2, evaluate every evaluation split (dev, test1), save the model and the metrics.
 
     Args:
-        checkpoint: a pretraining `save_pretrained` folder, an `E2EVLP`, or None (a fresh e2evlp-tiny sized for
-            the tokenizer; for the shapes world `setup.model_overrides()`).
+        checkpoint: a pretraining `save_pretrained` folder or run folder, an `E2EVLP`, or None (a fresh
+            e2evlp-tiny sized for the tokenizer; for the shapes world `setup.model_overrides()`).
         setup_or_paths: a `ShapesSetup`, "shapes", an `NLVR2Data`, or a YAML/JSON description
             (`NLVR2Data.from_dict`).
-        output_dir: receives `checkpoints/`, `log.jsonl`, `model/` (`NLVR2Model.save_pretrained`), `results/`
-            (official prediction CSVs) and `metrics.json`.
+        output_dir: receives `checkpoints/`, `log.jsonl`, `model/` (`NLVR2Model.save_pretrained`, with the
+            recipe), `results/` (official prediction CSVs) and `metrics.json`.
         config: `NLVR2Config` (default: the paper's recipe).
         trainer_overrides: `TrainerConfig` fields applied last (e.g. max_steps, num_workers, eval_every).
         tokenizer: overrides the tokenizer; by default the one saved with the checkpoint, else the data's.
@@ -432,44 +381,32 @@ def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, outpu
     """
     config = config if config is not None else NLVR2Config()
     data = NLVR2Data.resolve(setup_or_paths)
-    output_dir = Path(output_dir)
     tokenizer = tokenizer or find_tokenizer(checkpoint) or data.tokenizer
     if tokenizer is None:
         raise ValueError("no tokenizer: none is saved with the checkpoint and the data description names none")
     image = config.image_settings(data.kind)
-    overrides = {}
-    if checkpoint is None:
-        setup = setup_or_paths if hasattr(setup_or_paths, "model_overrides") else None
-        overrides = setup.model_overrides() if setup is not None else tokenizer_overrides(tokenizer)
+    overrides = fresh_overrides(setup_or_paths, tokenizer) if checkpoint is None else {}
     model = NLVR2Model.from_checkpoint(checkpoint, tokenizer, eval_size=image["eval_size"],
                                        max_size=image["max_size"], **overrides)
     check_tokenizer(tokenizer, model.config)
-
     train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
                                      flip=False)
-    trainer_cfg = config.trainer_config(output_dir, trainer_overrides)
-    if eval_fn is None and trainer_cfg.eval_every > 0 and data.eval:
-        name, split = next(iter(data.eval.items()))
+    return finetune_eval_splits("nlvr2", model, nlvr2_loss, data.train.dataset(train_tf),
+                                NLVR2Collator(tokenizer, model.config.max_text_length), tokenizer, data, config,
+                                Path(output_dir), trainer_overrides, evaluate_nlvr2, eval_fn=eval_fn, resume=resume)
 
-        def eval_fn(m):
-            r = evaluate_nlvr2(m, tokenizer, split, name, batch_size=config.eval_batch_size)
-            return {"accuracy": r["accuracy"], "consistency": r["consistency"]}
-    trainer = Trainer(model, nlvr2_loss, data.train.dataset(train_tf),
-                      NLVR2Collator(tokenizer, model.config.max_text_length), trainer_cfg, eval_fn=eval_fn)
-    history = trainer.train(resume=resume)
 
-    report: dict[str, Any] = {}
-    if trainer.accelerator.is_main_process:  # evaluation and files on one process
-        metrics = {name: evaluate_nlvr2(model, tokenizer, split, name, output_dir / "results",
-                                        batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
-                   for name, split in data.eval.items()}
-        model.save_pretrained(output_dir / "model")
-        losses = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
-        report = {"task": "nlvr2", "config": config.to_dict(), "train_steps": len(history),
-                  "train_loss_first": losses[0] if losses else None,
-                  "train_loss_last": losses[-1] if losses else None, "metrics": metrics, "baselines": data.baselines}
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-        for name, m in metrics.items():
-            logger.info("NLVR2 %s: accuracy %.2f, consistency %.2f", name, m["accuracy"], m["consistency"])
-    trainer.accelerator.wait_for_everyone()
-    return report
+def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None = None,
+                       output_dir: str | Path | None = None, config: NLVR2Config | Mapping | None = None, *,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """`evaluate_nlvr2` of a `finetune_nlvr2` output folder (or its `model/`) on one evaluation split of `data`
+    (default "dev"; "val" and "test" name dev and test1), with the recorded recipe's `eval_batch_size`
+    (`config`: see `load_finetuned`)."""
+    model, config = load_finetuned(NLVR2Model, NLVR2Config, model_dir, config)
+    data = NLVR2Data.resolve(data)
+    name, files = eval_split(data.eval, split or "dev", "NLVR2", SPLIT_ALIASES)
+    tokenizer = model.tokenizer if model.tokenizer is not None else data.tokenizer
+    return evaluate_nlvr2(model.to(device), tokenizer, files, name, output_dir, batch_size=config.eval_batch_size)
+
+
+CONFIG_CLASS = NLVR2Config

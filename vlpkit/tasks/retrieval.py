@@ -24,7 +24,7 @@ import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,24 +37,21 @@ from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME
 from ..config import E2EVLPConfig
 from ..data.batch import Batch, collate_images, collate_texts
-from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer, save_tokenizer
+from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH
 from ..data.transforms import make_eval_transforms, make_train_transforms
-from ..engine import Trainer, TrainerConfig
 from ..losses.circle import circle_loss
 from ..metrics.retrieval import RetrievalResult, retrieval_recall
 from ..models import E2EVLP
 from ..models.heads import ITMHead, Pooler
 from ..models.outputs import EncoderOutput, ImageEmbedding
-from .base import TaskModel, load_e2evlp
+from .base import TaskConfig, TaskModel, TaskOutput, finetune_val_test, load_e2evlp, load_finetuned
 from .captioning import (
     DETR_TRAIN_SCALES,
     CaptionData,
     _as_image_list,
-    _check_fields,
     caption_data,
     load_task_e2evlp,
     prepare_images,
-    task_trainer_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,13 +59,14 @@ logger = logging.getLogger(__name__)
 NEGATIVE_SAMPLING = ("random", "hard")
 HEAD_INITS = ("itm", "random")
 EVAL_MODES = ("full", "rerank")
+RECIPE_FILE = "retrieval_config.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
-class RetrievalConfig:
+class RetrievalConfig(TaskConfig):
     """Recipe of retrieval fine-tuning and evaluation.
 
     From the paper (issue 7): circle loss, batch 64, lr 5e-5, 4 epochs. Chosen by vlpkit: margin 0.4 and gamma 80
@@ -137,18 +135,6 @@ class RetrievalConfig:
         if problems:
             raise ValueError("invalid RetrievalConfig: " + "; ".join(problems))
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RetrievalConfig:
-        _check_fields(cls, data, "RetrievalConfig")
-        return cls(**data)
-
-    def trainer_config(self, output_dir: str | Path, **overrides: Any) -> TrainerConfig:
-        """The engine's TrainerConfig for this recipe; `overrides` are TrainerConfig fields (they win)."""
-        return task_trainer_config(self, output_dir, **overrides)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model
@@ -203,8 +189,11 @@ class RetrievalHead(nn.Module):
 class RetrievalModel(TaskModel):
     """E2EVLP + `RetrievalHead` (new parameters `head.pooler.*`, `head.classifier.*`).
 
-    `tokenizer` (for `match`) and the evaluation image size are kept on the instance, not in the weights.
+    `tokenizer` (for `match`) and the evaluation image size are kept on the instance, not in the weights;
+    `save_pretrained(directory, config)` records them (tokenizer/, the recipe in `retrieval_config.json`).
     """
+
+    recipe_file = RECIPE_FILE
 
     def __init__(self, e2evlp: E2EVLP, tokenizer=None, head_init: str = "itm", eval_size: int = 800,
                  max_size: int = 1333, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
@@ -230,22 +219,17 @@ class RetrievalModel(TaskModel):
         return model
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int = 800,
-                        max_size: int = 1333) -> RetrievalModel:
-        """Load a fine-tuned model written by `save_pretrained` (and its tokenizer from `directory/tokenizer`)."""
+    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int | None = None,
+                        max_size: int | None = None) -> RetrievalModel:
+        """Load a fine-tuned model written by `save_pretrained`, with its tokenizer from `directory/tokenizer` and,
+        unless given, the evaluation image size and text length of its recorded recipe (else 800 / 1333)."""
         directory = Path(directory)
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), tokenizer, "random", eval_size, max_size)
+        recipe = cls.load_recipe(directory, RetrievalConfig) or RetrievalConfig()
+        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)),
+                    tokenizer if tokenizer is not None else cls.saved_tokenizer(directory), "random",
+                    eval_size or recipe.eval_size, max_size or recipe.max_size, recipe.max_text_length)
         model.load_task_weights(directory)
-        if model.tokenizer is None and (directory / "tokenizer").is_dir():
-            model.tokenizer = load_tokenizer(directory / "tokenizer")
         return model
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Config and weights (see `TaskModel.save_pretrained`), plus the tokenizer in `directory/tokenizer`."""
-        directory = super().save_pretrained(directory)
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, directory / "tokenizer")
-        return directory
 
     def score(self, encoding: EncoderOutput) -> torch.Tensor:
         """[B] matching logits of the encoded pairs (higher = better match)."""
@@ -262,11 +246,11 @@ class RetrievalModel(TaskModel):
         return self.score(self.e2evlp.encode(input_ids=ids, attention_mask=mask, token_type_ids=types,
                                              image=select_images(image, image_index)))
 
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """{"scores": [B] logits} of the row-aligned pairs (image b, text b) of `batch`."""
+    def forward(self, batch: Batch) -> TaskOutput:
+        """`TaskOutput(logits=[B])`: the matching logits of the row-aligned pairs (image b, text b) of `batch`."""
         encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask,
                                       batch.token_type_ids)
-        return {"scores": self.score(encoding)}
+        return TaskOutput(logits=self.score(encoding))
 
     @torch.no_grad()
     def match(self, images, texts: Sequence[str], image_batch_size: int = 16,
@@ -645,10 +629,10 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     """Fine-tune for image-text retrieval with circle loss, evaluate on val and test, save model and metrics.
 
     Args:
-        checkpoint: a pretraining folder (`E2EVLP.save_pretrained`), an E2EVLP, or None (a fresh e2evlp-tiny
-            sized for the data's tokenizer).
+        checkpoint: a pretraining folder (`E2EVLP.save_pretrained`) or run folder, an E2EVLP, or None (a fresh
+            e2evlp-tiny sized for the data's tokenizer).
         setup_or_paths: see `vlpkit.tasks.captioning.caption_data` (the same images-with-captions files).
-        output_dir: receives the trainer's checkpoints and log, `model/` (with its tokenizer),
+        output_dir: receives the trainer's checkpoints and log, `model/` (with its tokenizer and recipe),
             `retrieval_test_results.json`, `retrieval_config.json` and `metrics.json`.
         config: a RetrievalConfig or a dict of its fields. trainer_overrides: TrainerConfig fields.
     Returns:
@@ -656,33 +640,28 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     """
     config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.from_dict(config or {})
     data: CaptionData = caption_data(setup_or_paths)
-    out = Path(output_dir)
     model = RetrievalModel.from_checkpoint(load_task_e2evlp(checkpoint, data), data.tokenizer, config.head_init,
                                            config.eval_size, config.max_size)
     model.max_text_length = config.max_text_length
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
     train_set = RetrievalTrainDataset(data.split(config.train_split).reader("image", train_tf), config.seed)
-    val_metrics: dict[str, float] = {}
+    return finetune_val_test(model, functools.partial(retrieval_loss, config=config), train_set,
+                             RetrievalCollator(data.tokenizer, config.max_text_length), data, config,
+                             Path(output_dir), trainer_overrides, evaluate_retrieval, RECIPE_FILE)
 
-    def eval_fn(m):
-        val_metrics.update(evaluate_retrieval(m, data.tokenizer, data, config.val_split, config=config))
-        return val_metrics
 
-    trainer = Trainer(model, functools.partial(retrieval_loss, config=config), train_set,
-                      RetrievalCollator(data.tokenizer, config.max_text_length),
-                      config.trainer_config(out, **dict(trainer_overrides or {})),
-                      eval_fn=eval_fn if config.val_split in data.splits else None)
-    history = trainer.train()
-    result: dict[str, Any] = {"train": {"steps": len(history), "first_loss": history[0]["loss"] if history else None,
-                                        "last_loss": history[-1]["loss"] if history else None},
-                              "output_dir": str(out)}
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(out / "model")
-        (out / "retrieval_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        if val_metrics:
-            result["val"] = dict(val_metrics)
-        if config.test_split in data.splits:
-            result["test"] = evaluate_retrieval(model, data.tokenizer, data, config.test_split, out, config)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,
+                       config: RetrievalConfig | Mapping | None = None, *,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """`evaluate_retrieval` of a `finetune_retrieval` output folder (or its `model/`) on `split` of `data`
+    (default: the recipe's `test_split`), with the recorded recipe's scoring mode and sizes (`config`: see
+    `load_finetuned`). Returns its metrics with "split"."""
+    model, config = load_finetuned(RetrievalModel, RetrievalConfig, model_dir, config)
+    data = caption_data(data)
+    split = split or config.test_split
+    tokenizer = model.tokenizer if model.tokenizer is not None else data.tokenizer
+    return {"split": split, **evaluate_retrieval(model.to(device), tokenizer, data, split, output_dir, config)}
+
+
+CONFIG_CLASS = RetrievalConfig

@@ -20,10 +20,7 @@ Images are never flipped: answers such as "left" are class ids that a mirrored i
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,38 +29,47 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-import yaml
-from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, atomic_write
+from ..checkpoint import CONFIG_NAME
 from ..config import ConfigError, E2EVLPConfig
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.vqa import VQADataset, build_answer_vocab
-from ..data.tokenization import load_tokenizer, save_tokenizer
+from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..data.vocab import Vocab, as_vocab
-from ..engine import Trainer, TrainerConfig
 from ..metrics import vqa as vqa_metric
 from ..models import E2EVLP
-from .base import TaskModel, load_e2evlp
-
-logger = logging.getLogger(__name__)
+from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_trainer_config: public here too)
+    BACKBONE_PREFIX,
+    IMAGE_DEFAULTS,
+    TOKENIZER_DIR,
+    MLPClassifier,
+    TaskConfig,
+    TaskData,
+    TaskModel,
+    TaskOutput,
+    check_tokenizer,
+    eval_split,
+    find_tokenizer,
+    finetune_eval_splits,
+    fresh_overrides,
+    load_e2evlp,
+    load_finetuned,
+    task_trainer_config,
+    tokenizer_overrides,
+    write_json,
+)
 
 TASK_FILE = "vqa_task.json"
+RECIPE_FILE = "vqa_config.json"
 VOCAB_FILE = "answer_vocab.json"
-TOKENIZER_DIR = "tokenizer"
-BACKBONE_PREFIX = "e2evlp.backbone.trunk."  # the ResNet trunk inside a TaskModel (DETR's backbone lr group)
-
-# Image sizes: DETR's / E2E-VLP's for real images, the demo recipe's for the 128-px shapes world.
-IMAGE_DEFAULTS = {"files": {"train_scales": list(range(480, 801, 32)), "max_size": 1333, "eval_size": 800},
-                  "shapes": {"train_scales": [128], "max_size": 160, "eval_size": 128}}
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
 @dataclass
-class VQAConfig:
+class VQAConfig(TaskConfig):
     """Fine-tuning hyper-parameters; the defaults are the paper's recipe.
 
     `train_scales`, `max_size` and `eval_size` left at None take the data's defaults: DETR's multi-scale
@@ -97,46 +103,6 @@ class VQAConfig:
             raise ConfigError(f"head_hidden_multiplier={self.head_hidden_multiplier}; expected >= 1")
         if self.answer_min_count < 1:
             raise ConfigError(f"answer_min_count={self.answer_min_count}; expected >= 1")
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VQAConfig:
-        """Build from a dict; unknown keys raise a `ConfigError` listing the valid ones."""
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown VQA config field(s) {unknown}; valid fields: {cls.field_names()}")
-        return cls(**data)
-
-    def image_settings(self, kind: str) -> dict[str, Any]:
-        """`train_scales`, `max_size`, `eval_size`: the set values, else the defaults of data `kind`."""
-        defaults = IMAGE_DEFAULTS[kind]
-        return {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in defaults.items()}
-
-    def trainer_config(self, output_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainerConfig:
-        """The `TrainerConfig` of this recipe, with `overrides` (any TrainerConfig field) applied last.
-
-        `find_unused_parameters` is on: VQA leaves the decoder and the pretraining heads without gradient, which
-        DDP otherwise rejects.
-        """
-        return task_trainer_config(self, output_dir, overrides)
-
-
-def task_trainer_config(config, output_dir: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainerConfig:
-    """A `TrainerConfig` from a task config's recipe fields (batch_size, epochs, lr, backbone_lr, lr_drop_epochs,
-    lr_drop_factor, weight_decay, clip_max_norm, warmup_steps, seed), the TaskModel backbone prefix, DDP's
-    `find_unused_parameters`, then `overrides`."""
-    base = TrainerConfig(output_dir=str(output_dir), epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                         backbone_lr=config.backbone_lr, backbone_prefix=BACKBONE_PREFIX,
-                         weight_decay=config.weight_decay, clip_max_norm=config.clip_max_norm,
-                         warmup_steps=config.warmup_steps, lr_drop_epochs=list(config.lr_drop_epochs),
-                         lr_drop_factor=config.lr_drop_factor, seed=config.seed, find_unused_parameters=True)
-    return base.replace(**dict(overrides or {}))
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -173,7 +139,7 @@ class VQASplit:
 
 
 @dataclass
-class VQAData:
+class VQAData(TaskData):
     """Where the data is: training splits (concatenated), evaluation splits by name, the tokenizer and the answer
     vocabulary (None: built from the training annotations with `VQAConfig.answer_vocab_size/answer_min_count`).
 
@@ -187,6 +153,7 @@ class VQAData:
     answer_vocab: Vocab | None = None
     kind: str = "files"
     baselines: dict[str, Any] = field(default_factory=dict)
+    task_name = "VQA"  # in error messages of `resolve` (a class attribute, not a field)
 
     @classmethod
     def from_shapes(cls, setup) -> VQAData:
@@ -231,28 +198,6 @@ class VQAData:
         return cls([split(d, f"train[{i}]") for i, d in enumerate(train)],
                    {name: split(d, f"eval[{name!r}]") for name, d in data["eval"].items()}, tokenizer, vocab)
 
-    @classmethod
-    def resolve(cls, setup_or_paths) -> VQAData:
-        """A `VQAData`, a `ShapesSetup`, `"shapes"` (the default shapes world) or a YAML/JSON description file."""
-        if isinstance(setup_or_paths, VQAData):
-            return setup_or_paths
-        if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "tokenizer"):
-            return cls.from_shapes(setup_or_paths)
-        if setup_or_paths == "shapes":
-            from ..pretraining.shapes import prepare_shapes
-
-            return cls.from_shapes(prepare_shapes())
-        if isinstance(setup_or_paths, Mapping):
-            return cls.from_dict(setup_or_paths)
-        if isinstance(setup_or_paths, (str, Path)):
-            path = Path(setup_or_paths)
-            if not path.is_file():
-                raise FileNotFoundError(f"VQA data description not found: {path} (expected 'shapes' or a "
-                                        "YAML/JSON file with 'train' and 'eval' splits)")
-            return cls.from_dict(yaml.safe_load(path.read_text()), path.parent)
-        raise TypeError(f"expected a VQAData, ShapesSetup, 'shapes' or a description file, "
-                        f"got {type(setup_or_paths).__name__}")
-
 
 def _shapes_baselines(block: dict) -> dict[str, float]:
     """Blind baselines of the shapes world (percent): the train-majority answer of each answer type, and of each
@@ -291,18 +236,11 @@ class VQACollator:
 
 
 # ---- model -----------------------------------------------------------------------------------------------
-class VQAHead(nn.Module):
+class VQAHead(MLPClassifier):
     """`[CLS]` state [B, d] -> logits [B, num_answers]: Linear(d, m*d) - GELU - LayerNorm - Linear(m*d, A)."""
 
     def __init__(self, d_model: int, num_answers: int, hidden_multiplier: int = 2, layer_norm_eps: float = 1e-12):
-        super().__init__()
-        hidden = hidden_multiplier * d_model
-        self.dense = nn.Linear(d_model, hidden)
-        self.norm = nn.LayerNorm(hidden, eps=layer_norm_eps)
-        self.classifier = nn.Linear(hidden, num_answers)
-
-    def forward(self, cls_state: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.norm(F.gelu(self.dense(cls_state))))
+        super().__init__(d_model, hidden_multiplier * d_model, num_answers, layer_norm_eps)
 
 
 class VQAPrediction(NamedTuple):
@@ -318,6 +256,8 @@ class VQAModel(TaskModel):
 
     Build it with `from_checkpoint` (pretrained E2EVLP, new head) or `from_pretrained` (a saved VQA model).
     """
+
+    recipe_file = RECIPE_FILE
 
     def __init__(self, e2evlp: E2EVLP, answer_vocab: Vocab, tokenizer=None, hidden_multiplier: int = 2,
                  eval_size: int = 800, max_size: int = 1333) -> None:
@@ -336,12 +276,12 @@ class VQAModel(TaskModel):
         self.eval_size, self.max_size = int(eval_size), int(max_size)
         self.eval_transforms = make_eval_transforms(self.eval_size, self.max_size)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch) -> TaskOutput:
         """`Batch` (pixel_values [B, 3, H, W], pixel_mask, input_ids [B, L], attention_mask, token_type_ids)
-        -> answer logits [B, num_answers]."""
+        -> `TaskOutput(logits=[B, num_answers])`: the answer logits."""
         encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask,
                                       batch.token_type_ids)
-        return self.head(encoding.cls_state)
+        return TaskOutput(logits=self.head(encoding.cls_state))
 
     # ---- inference -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -375,7 +315,7 @@ class VQAModel(TaskModel):
                 ids, mask, types = collate_texts([questions[i] for i in chunk], self.tokenizer,
                                                  self.config.max_text_length)
                 batch = Batch(pixel_values, pixel_mask, ids, mask, types, targets=[]).to(device)
-                logits, index = self(batch).float().topk(k, dim=-1)  # on logits: sigmoid ties at 1.0 in float32
+                logits, index = self(batch).logits.float().topk(k, dim=-1)  # on logits: sigmoid ties at 1.0 in float32
                 scores = logits.sigmoid()
                 out += [[VQAPrediction(self.answer_vocab[j], s) for j, s in zip(row_i, row_s)]
                         for row_i, row_s in zip(index.tolist(), scores.tolist())]
@@ -400,31 +340,23 @@ class VQAModel(TaskModel):
             model.report_new_parameters()
         return model
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """E2EVLP config + weights (with the head), `answer_vocab.json`, `vqa_task.json` and `tokenizer/`."""
-        directory = super().save_pretrained(directory)
+    def save_pretrained(self, directory: str | Path, config: VQAConfig | None = None) -> Path:
+        """E2EVLP config + weights (with the head), `tokenizer/`, `answer_vocab.json`, `vqa_task.json` (head and
+        image sizes) and, when given, the fine-tuning recipe in `vqa_config.json`."""
+        directory = super().save_pretrained(directory, config)
         self.answer_vocab.save(directory / VOCAB_FILE)
-        task = {"task": "vqa", "hidden_multiplier": self.hidden_multiplier, "eval_size": self.eval_size,
-                "max_size": self.max_size}
-        atomic_write(directory / TASK_FILE, lambda tmp: Path(tmp).write_text(json.dumps(task, indent=2) + "\n"))
-        if self.tokenizer is not None:
-            save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
+        write_json(directory / TASK_FILE, {"task": "vqa", "hidden_multiplier": self.hidden_multiplier,
+                                           "eval_size": self.eval_size, "max_size": self.max_size})
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> VQAModel:
         """Load a model written by `VQAModel.save_pretrained` (strictly: every weight must fit)."""
+        task = cls.read_task_file(directory, TASK_FILE)
         directory = Path(directory)
-        task_file = directory / TASK_FILE
-        if not task_file.is_file():
-            raise FileNotFoundError(f"{task_file} not found: {directory} is not a VQA model saved by "
-                                    "VQAModel.save_pretrained (for a pretraining checkpoint use from_checkpoint)")
-        task = json.loads(task_file.read_text())
-        tok_dir = directory / TOKENIZER_DIR
-        tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
         e2evlp = build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME))
-        model = cls(e2evlp, Vocab.load(directory / VOCAB_FILE), tokenizer, task["hidden_multiplier"],
-                    task["eval_size"], task["max_size"])
+        model = cls(e2evlp, Vocab.load(directory / VOCAB_FILE), cls.saved_tokenizer(directory),
+                    task["hidden_multiplier"], task["eval_size"], task["max_size"])
         model.load_task_weights(directory)
         model.new_parameters = []
         return model
@@ -451,7 +383,7 @@ def vqa_loss(model: VQAModel, batch: Batch) -> dict[str, torch.Tensor]:
     """Trainer loss: {"loss": `vqa_bce`, "score": the batch's mean soft score of the arg-max answer (detached)}."""
     if batch.answer_scores is None:
         raise ValueError("vqa_loss needs batch.answer_scores (an annotated split and an answer vocabulary)")
-    logits = model(batch)
+    logits = model(batch).logits
     loss = vqa_bce(logits, batch.answer_scores)
     score = batch.answer_scores.gather(1, logits.detach().argmax(-1, keepdim=True)).mean()
     return {"loss": loss, "score": score}
@@ -480,7 +412,7 @@ def predict_vqa(model: VQAModel, dataset: VQADataset, tokenizer, batch_size: int
     qids, answers, soft, types = [], [], [], []
     try:
         for batch in loader:
-            pred = model(batch.to(device)).argmax(-1).cpu()
+            pred = model(batch.to(device)).logits.argmax(-1).cpu()
             qids += [m["question_id"] for m in batch.meta]
             answers += [model.answer_vocab[j] for j in pred.tolist()]
             types += [m["answer_type"] for m in batch.meta]
@@ -530,49 +462,17 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
     return out
 
 
-# ---- fine-tuning -----------------------------------------------------------------------------------------
-def find_tokenizer(checkpoint) -> Any:
-    """The tokenizer saved with a checkpoint folder: `<checkpoint>/tokenizer`, or `<checkpoint>/../tokenizer`
-    (the layout `vlpkit pretrain` writes: `<run>/model` + `<run>/tokenizer`); None when there is none."""
-    if not isinstance(checkpoint, (str, Path)):
-        return None
-    for folder in (Path(checkpoint) / TOKENIZER_DIR, Path(checkpoint).parent / TOKENIZER_DIR):
-        if folder.is_dir():
-            return load_tokenizer(folder)
-    return None
-
-
-def check_tokenizer(tokenizer, config: E2EVLPConfig) -> None:
-    """Raise when the tokenizer cannot be the model's (ids past the embedding table, other special ids)."""
-    problems = []
-    if len(tokenizer) > config.vocab_size:
-        problems.append(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
-    for name in ("cls", "sep", "pad"):
-        tok_id, cfg_id = getattr(tokenizer, f"{name}_token_id"), getattr(config, f"{name}_token_id")
-        if tok_id != cfg_id:
-            problems.append(f"[{name.upper()}] is {tok_id} in the tokenizer but {cfg_id} in the model config")
-    if problems:
-        raise ValueError("the tokenizer does not match the model (use the tokenizer saved with the pretraining "
-                         "checkpoint): " + "; ".join(problems))
-
-
-def tokenizer_overrides(tokenizer) -> dict[str, int]:
-    """E2EVLPConfig fields a fresh model needs to agree with `tokenizer`."""
-    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
-
-
+# ---- fine-tuning ---------------------------------------------------------------------------------------------
 def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_dir: str | Path,
                  config: VQAConfig | None = None, trainer_overrides: Mapping[str, Any] | None = None, *,
                  tokenizer=None, eval_fn: Callable | None = None, resume: bool = False) -> dict[str, Any]:
     """Fine-tune E2E-VLP on VQA, evaluate every evaluation split, save the model and the metrics.
 
     Args:
-        checkpoint: a pretraining `save_pretrained` folder, an `E2EVLP`, or None (a fresh e2evlp-tiny sized for
-            the tokenizer; for the shapes world `setup.model_overrides()`).
+        checkpoint: a pretraining `save_pretrained` folder or run folder, an `E2EVLP`, or None (a fresh
+            e2evlp-tiny sized for the tokenizer; for the shapes world `setup.model_overrides()`).
         setup_or_paths: a `ShapesSetup`, "shapes", a `VQAData`, or a YAML/JSON description (`VQAData.from_dict`).
-        output_dir: receives `checkpoints/`, `log.jsonl`, `model/` (`VQAModel.save_pretrained`),
+        output_dir: receives `checkpoints/`, `log.jsonl`, `model/` (`VQAModel.save_pretrained`, with the recipe),
             `results/` (official results files) and `metrics.json`.
         config: `VQAConfig` (default: the paper's recipe).
         trainer_overrides: `TrainerConfig` fields applied last (e.g. max_steps, num_workers, eval_every).
@@ -582,12 +482,11 @@ def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_
             accuracy is logged during training.
         resume: continue from the latest checkpoint in `output_dir/checkpoints`.
     Returns:
-        The content of `metrics.json`: {"task", "config", "answer_vocab_size", "train_loss_first",
+        The content of `metrics.json`: {"task", "config", "answer_vocab_size", "train_steps", "train_loss_first",
         "train_loss_last", "metrics": {split: evaluate_vqa(...)}, "baselines": {split: {...}} (shapes world)}.
     """
     config = config if config is not None else VQAConfig()
     data = VQAData.resolve(setup_or_paths)
-    output_dir = Path(output_dir)
     tokenizer = tokenizer or find_tokenizer(checkpoint) or data.tokenizer
     if tokenizer is None:
         raise ValueError("no tokenizer: none is saved with the checkpoint and the data description names none")
@@ -602,43 +501,30 @@ def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_
             raise ValueError(f"no answer is seen in >= answer_min_count={config.answer_min_count} training "
                              "questions; lower answer_min_count")
     image = config.image_settings(data.kind)
-    overrides = {}
-    if checkpoint is None:
-        setup = setup_or_paths if hasattr(setup_or_paths, "model_overrides") else None
-        overrides = setup.model_overrides() if setup is not None else tokenizer_overrides(tokenizer)
+    overrides = fresh_overrides(setup_or_paths, tokenizer) if checkpoint is None else {}
     model = VQAModel.from_checkpoint(checkpoint, vocab, tokenizer, hidden_multiplier=config.head_hidden_multiplier,
                                      eval_size=image["eval_size"], max_size=image["max_size"], **overrides)
     check_tokenizer(tokenizer, model.config)
-
     train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
                                      flip=False)
     train_set = ConcatDataset([s.dataset(vocab, train_tf) for s in data.train])
-    trainer_cfg = config.trainer_config(output_dir, trainer_overrides)
-    if eval_fn is None and trainer_cfg.eval_every > 0 and data.eval:
-        name, split = next(iter(data.eval.items()))
-        if split.annotations is not None:
-            def eval_fn(m):
-                r = evaluate_vqa(m, tokenizer, split, name, batch_size=config.eval_batch_size)
-                return {k: v for k, v in r.items() if k.startswith(("accuracy", "soft"))}
-    trainer = Trainer(model, vqa_loss, train_set, VQACollator(tokenizer, model.config.max_text_length),
-                      trainer_cfg, eval_fn=eval_fn)
-    history = trainer.train(resume=resume)
+    return finetune_eval_splits("vqa", model, vqa_loss, train_set,
+                                VQACollator(tokenizer, model.config.max_text_length), tokenizer, data, config,
+                                Path(output_dir), trainer_overrides, evaluate_vqa, eval_fn=eval_fn, resume=resume,
+                                scorable=lambda split: split.annotations is not None,
+                                extra={"answer_vocab_size": len(vocab)})
 
-    report: dict[str, Any] = {}
-    if trainer.accelerator.is_main_process:  # evaluation and files on one process
-        metrics = {name: evaluate_vqa(model, tokenizer, split, name, output_dir / "results",
-                                      batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
-                   for name, split in data.eval.items()}
-        model.save_pretrained(output_dir / "model")
-        losses = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
-        report = {"task": "vqa", "config": config.to_dict(), "answer_vocab_size": len(vocab),
-                  "train_steps": len(history), "train_loss_first": losses[0] if losses else None,
-                  "train_loss_last": losses[-1] if losses else None, "metrics": metrics,
-                  "baselines": data.baselines}
-        (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-        for name, m in metrics.items():
-            if "accuracy" in m:
-                logger.info("VQA %s: accuracy %.2f (%s)", name, m["accuracy"],
-                            ", ".join(f"{k[9:]} {v:.2f}" for k, v in m.items() if k.startswith("accuracy_")))
-    trainer.accelerator.wait_for_everyone()
-    return report
+
+def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None = None,
+                       output_dir: str | Path | None = None, config: VQAConfig | Mapping | None = None, *,
+                       device: str | torch.device = "cpu") -> dict[str, Any]:
+    """`evaluate_vqa` of a `finetune_vqa` output folder (or its `model/`) on one evaluation split of `data`
+    (default "val"), with the recorded recipe's `eval_batch_size` (`config`: see `load_finetuned`)."""
+    model, config = load_finetuned(VQAModel, VQAConfig, model_dir, config)
+    data = VQAData.resolve(data)
+    name, files = eval_split(data.eval, split or "val", "VQA")
+    tokenizer = model.tokenizer if model.tokenizer is not None else data.tokenizer
+    return evaluate_vqa(model.to(device), tokenizer, files, name, output_dir, batch_size=config.eval_batch_size)
+
+
+CONFIG_CLASS = VQAConfig

@@ -1,0 +1,117 @@
+"""`vlpkit pretrain` -> `vlpkit finetune TASK` -> `vlpkit evaluate TASK`, in process, on a tiny shapes world: the
+evaluation of the saved task folder reproduces the metrics and the official results file of fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlpkit.cli import main
+
+IMAGES = 48  # the smallest world with NLVR2 dev and test1 sets (images // 16 sets, split 80/10/10)
+SMALL = ["task.train_scales=[64]", "task.max_size=96", "task.eval_size=64", "task.batch_size=4"]
+TRAIN = ["trainer.max_steps=3", "trainer.progress_bar=false", "trainer.save_every=0", "trainer.log_every=1"]
+# task -> (extra recipe fields, --split given to evaluate, the split's name in the task, results file of that split)
+CASES = {
+    "vqa": (["task.answer_min_count=1", "task.lr=1e-3"], "val", "val",
+            "results/vqa_OpenEnded_shapes_val_e2evlp_results.json"),
+    "nlvr2": (["task.lr=1e-3"], "val", "dev", "results/dev_predictions.csv"),  # "val" names NLVR2's dev
+    "caption": (["task.max_generation_length=8", "task.eval_tokenizer=simple"], None, "test",
+                "captions_test_vlpkit_results.json"),
+    "retrieval": ([], None, "test", "retrieval_test_results.json"),
+    "detection": (["task.crop=false"], None, "val", "detections_val_results.json"),
+}
+
+
+def _sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("vlpkit-cache")  # where `--data shapes` generates its world
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, cache):
+    """A `vlpkit pretrain` run folder (model/, tokenizer/) of one step on the 48-image shapes world."""
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLPKIT_CACHE", str(cache))
+        assert main(["pretrain", "--config", "e2evlp-tiny", *_sets([
+            "trainer.max_steps=1", f"trainer.output_dir={run}", f"data.shapes.num_images={IMAGES}",
+            "trainer.batch_size=4", "data.image.train_scales=[64]", "data.image.max_size=96",
+            "data.image.eval_size=64", "trainer.progress_bar=false", "trainer.save_every=0"])]) == 0
+    assert (run / "model" / "model.safetensors").is_file() and (run / "tokenizer").is_dir()
+    return run
+
+
+def _table_body(text: str, title: str) -> list[str]:
+    """The header and rows of the metrics table printed under `title`."""
+    lines = text.splitlines()
+    start = lines.index(title) + 1
+    end = start + 2  # header and rule
+    while end < len(lines) and len(lines[end].split()) == 2 and _is_number(lines[end].split()[1]):
+        end += 1
+    return lines[start:end]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _without_paths(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.endswith("_file") and k != "split"}
+
+
+@pytest.mark.parametrize("task", list(CASES))
+def test_evaluate_reproduces_the_finetuning_metrics_and_results_file(task, pretrained, cache, tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setenv("VLPKIT_CACHE", str(cache))
+    extra, split_arg, split, results = CASES[task]
+    run = tmp_path / task
+    data = ["--data", "shapes", "--shapes-images", str(IMAGES)]
+    assert main(["finetune", task, "--checkpoint", str(pretrained), *data, "--output", str(run),
+                 *_sets(SMALL + extra + TRAIN)]) == 0
+    finetune_out = capsys.readouterr().out
+    saved = json.loads((run / "metrics.json").read_text())
+    expected = {"vqa": lambda: saved["metrics"][split], "nlvr2": lambda: saved["metrics"][split],
+                "caption": lambda: saved[split], "retrieval": lambda: saved[split],
+                "detection": lambda: saved["metrics"]}[task]()
+
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", task, "--model", str(run), *data, "--output", str(out),
+                 *(["--split", split_arg] if split_arg else [])]) == 0
+    evaluate_out = capsys.readouterr().out
+    record = json.loads((out / f"evaluation_{split}.json").read_text())
+    assert record["task"] == task and record["split"] == split and record["metrics"]["split"] == split
+    assert _without_paths(record["metrics"]) == _without_paths(expected)
+    if task != "detection":  # (3 steps leave the detector at AP 0; its detections file is compared below)
+        assert any(v > 0 for k, v in expected.items() if isinstance(v, float) and not k.startswith("num_"))
+    # the official results file: the same predictions, byte for byte
+    assert (out / results.split("/")[-1]).read_bytes() == (run / results).read_bytes()
+    # and the same printed table
+    title = f"{task} {split}"
+    assert _table_body(evaluate_out, f"{title} ({run})") == _table_body(finetune_out, title)
+
+    # the folder is refused as another task's, and an unknown split names the available ones
+    other = "vqa" if task != "vqa" else "caption"
+    with pytest.raises(ValueError, match="not a (VQAModel|CaptionModel)"):
+        main(["evaluate", other, "--model", str(run), *data])
+    if task in ("vqa", "nlvr2"):
+        with pytest.raises(KeyError, match="available"):
+            main(["evaluate", task, "--model", str(run), *data, "--split", "train2"])
+
+
+def test_evaluate_arguments_are_checked(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "vqa"])  # --model is required
+    with pytest.raises(SystemExit, match="expected 'shapes', a YAML/JSON file"):
+        main(["evaluate", "vqa", "--model", str(tmp_path), "--data", str(tmp_path / "missing.yaml")])
+    with pytest.raises(SystemExit, match="evaluate trains nothing"):
+        main(["evaluate", "vqa", "--model", str(tmp_path), "--set", "trainer.max_steps=1"])

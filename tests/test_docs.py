@@ -1,10 +1,14 @@
 """The documentation site builds strictly, and generated tables in it match their generators."""
 
+import contextlib
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from html import escape as html_escape
 from pathlib import Path
 
 import pytest
@@ -20,11 +24,138 @@ def test_parameter_table_matches_generator():
     assert table.strip() == parameter_table().strip()
 
 
-def test_mkdocs_build_strict(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site of ``mkdocs build --strict``, built once for this module's tests."""
     mkdocs = Path(sys.executable).parent / "mkdocs"
     if not mkdocs.exists() and shutil.which("mkdocs") is None:
         pytest.skip("mkdocs is not installed (install the dev extras)")
-    result = subprocess.run([str(mkdocs) if mkdocs.exists() else "mkdocs", "build", "--strict", "-d",
-                             str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    out = tmp_path_factory.mktemp("docs") / "site"
+    result = subprocess.run([str(mkdocs) if mkdocs.exists() else "mkdocs", "build", "--strict", "-d", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return out
+
+
+def test_mkdocs_build_strict(site):
+    assert (site / "index.html").is_file()
+    # the docs hook lives under docs/ but is excluded from the site
+    assert not (site / "hooks").exists()
+
+
+def _notebooks():
+    return sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_every_notebook_is_a_tutorial_page(site):
+    """Each notebook of notebooks/ is in the nav and rendered (unexecuted) at notebooks/<name>/."""
+    notebooks = _notebooks()
+    assert [p.stem[:2] for p in notebooks] == [f"{i:02d}" for i in range(8)], [p.name for p in notebooks]
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for path in notebooks:
+        assert f"notebooks/{path.name}" in nav, f"{path.name} is missing from the nav of mkdocs.yml"
+        page = site / "notebooks" / path.stem / "index.html"
+        assert page.is_file(), f"{path.name} was not rendered to {page.relative_to(site)}"
+        html = page.read_text()
+        first_heading = json.loads(path.read_text())["cells"][0]["source"]
+        title = "".join(first_heading).splitlines()[0].lstrip("# ").strip()
+        assert f"<title>{html_escape(title, quote=False)} - vlpkit</title>" in html
+        assert "Real data instead of the shapes world" in html
+        assert "jp-CodeCell" in html, f"{path.name}: no code cell rendered"
+        # include_source: the notebook itself can be downloaded beside its page
+        assert (page.parent / path.name).read_bytes() == path.read_bytes()
+    overview = (site / "notebooks" / "index.html").read_text()
+    assert "Tutorial notebooks" in overview
+
+
+def test_each_notebook_says_how_to_use_the_real_dataset():
+    """The first cell of every notebook is markdown and explains how to swap the shapes world for real data."""
+    for path in _notebooks():
+        first = json.loads(path.read_text())["cells"][0]
+        text = "".join(first["source"])
+        assert first["cell_type"] == "markdown", path.name
+        assert "**Real data instead of the shapes world.**" in text, path.name
+
+
+# `vlpkit <command> ...` as the docs, the README and the notebooks' markdown write it (inline or in a code block);
+# a bare `vlpkit pretrain` in prose is a name, not a command line, and is left alone.
+_COMMAND = re.compile(r"(?:^|[`\s(])(?:python -m )?vlpkit ((?:demo|pretrain|finetune|evaluate|smoke|params)\b[^`\n#)]*)")
+
+
+# command-line task name -> (module of vlpkit.tasks, its recipe class), for the fields of `--set task.KEY=VALUE`
+_TASK_CONFIGS = {"caption": ("captioning", "CaptioningConfig"), "detection": ("detection", "DetectionConfig"),
+                 "nlvr2": ("nlvr2", "NLVR2Config"), "retrieval": ("retrieval", "RetrievalConfig"),
+                 "vqa": ("vqa", "VQAConfig")}
+
+
+def _documented_commands():
+    texts = [(p.relative_to(ROOT), p.read_text()) for p in sorted((ROOT / "docs").rglob("*.md"))]
+    texts += [(p.relative_to(ROOT), p.read_text()) for p in (ROOT / "README.md", ROOT / "notebooks" / "README.md")]
+    for path in _notebooks():
+        cells = json.loads(path.read_text())["cells"]
+        texts.append((path.relative_to(ROOT), "\n".join("".join(c["source"]) for c in cells
+                                                          if c["cell_type"] == "markdown")))
+    for where, text in texts:
+        for match in _COMMAND.finditer(re.sub(r"\\\n\s*", " ", text)):  # join shell continuation lines
+            argv = match.group(1).split()
+            if len(argv) > 1 or argv[0] in ("demo", "params", "smoke"):
+                yield str(where), argv
+
+
+def test_documented_command_lines_parse():
+    """Every command line the docs show is accepted by `vlpkit`'s parser, and its `--set` keys exist.
+
+    `...` stands for elided values; the rest must be valid: the sub-command and its task, the required options,
+    `--set` sections, and the fields named for `vlpkit finetune` (task config or TrainerConfig fields).
+    """
+    import dataclasses
+    import importlib
+
+    from vlpkit.cli import _split_overrides, build_parser
+    from vlpkit.engine import TrainerConfig
+    from vlpkit.pretraining.run import load_config
+
+    parser = build_parser()
+    trainer_fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    checked, problems = 0, []
+    for where, argv in _documented_commands():
+        # `--opt ...` elides a value (kept as a placeholder); a free-standing `...` elides further options
+        argv = [("X" if argv[i - 1].startswith("--") else None) if t == "..." else t for i, t in enumerate(argv)]
+        argv = [t for t in argv if t is not None]
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                args = parser.parse_args(argv)
+        except SystemExit:
+            problems.append(f"{where}: `vlpkit {' '.join(argv)}` is rejected by the parser")
+            continue
+        checked += 1
+        sets = [s for s in (getattr(args, "set", None) or []) if s != "X"]
+        try:
+            if args.command == "pretrain":
+                load_config(args.config, sets)
+            elif args.command in ("finetune", "evaluate"):
+                task, trainer = _split_overrides(sets)
+                module_name, config_name = _TASK_CONFIGS[args.task]
+                getattr(importlib.import_module(f"vlpkit.tasks.{module_name}"), config_name).from_dict(task)
+                assert set(trainer) <= trainer_fields, f"unknown trainer field(s) {sorted(set(trainer) - trainer_fields)}"
+        except (SystemExit, Exception) as err:  # noqa: BLE001 - every failure is reported with its place
+            problems.append(f"{where}: `vlpkit {' '.join(argv)}`: {err}")
+    assert not problems, "\n".join(problems)
+    assert checked >= 10, f"only {checked} documented command lines found; is the pattern still right?"
+
+
+def test_every_module_has_an_api_reference():
+    """Each module of vlpkit is rendered by some `::: module` directive of the docs (entry points excepted)."""
+    documented = set()
+    for page in (ROOT / "docs").rglob("*.md"):
+        documented.update(re.findall(r"^::: *([\w.]+)\s*$", page.read_text(), re.M))
+    entry_points = {"vlpkit.__main__", "vlpkit.cli", "vlpkit.demo"}
+    modules = set()
+    for path in (ROOT / "vlpkit").rglob("*.py"):
+        if path.name != "__init__.py":
+            modules.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    missing = sorted(modules - documented - entry_points)
+    assert not missing, f"modules without an API reference page (add `::: name` to a page of docs/): {missing}"
+    unknown = sorted(d for d in documented if d not in modules and not (ROOT / d.replace(".", "/")).is_dir())
+    assert not unknown, f"`:::` directives naming no vlpkit module: {unknown}"

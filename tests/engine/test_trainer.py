@@ -302,3 +302,11 @@ def test_config_json_round_trip_and_validation(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert TrainerConfig.from_dict(cfg.to_dict()).lr_drop_epochs == [6, 9]
+
+
+def test_a_non_numeric_field_is_named():
+    from vlpkit.config import ConfigError
+    from vlpkit.engine import TrainerConfig
+
+    with pytest.raises(ConfigError, match=r"lr='1e-3' \(str\); expected a number"):
+        TrainerConfig(lr="1e-3")

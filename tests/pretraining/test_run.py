@@ -109,3 +109,8 @@ def test_validation_losses_see_the_same_batches(shapes_setup):
     assert first == second and seen == [3, 3, 3, 3]
     assert first["val/loss"] == pytest.approx(sum(first[f"val/{k}"] for k in ("mlm", "itm", "detection",
                                                                               "caption")), rel=1e-5)
+
+
+def test_override_floats_without_a_dot_are_numbers():
+    cfg = load_config("e2evlp-tiny", ["trainer.lr=1e-3", "trainer.output_dir=runs/x", "trainer.seed=7"])
+    assert cfg["trainer"]["lr"] == 1e-3 and cfg["trainer"]["seed"] == 7 and cfg["trainer"]["output_dir"] == "runs/x"

@@ -116,6 +116,11 @@ class TrainerConfig:
             if not ok:
                 raise ConfigError(msg)
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") or f.name in ("batch_size", "lr", "backbone_lr", "weight_decay"):
+                check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                      f"{f.name}={value!r} ({type(value).__name__}); expected a number")
         check(self.mixed_precision in MIXED_PRECISIONS,
               f"mixed_precision={self.mixed_precision!r}; expected one of {MIXED_PRECISIONS}")
         check(self.nan_policy in NAN_POLICIES, f"nan_policy={self.nan_policy!r}; expected one of {NAN_POLICIES}")

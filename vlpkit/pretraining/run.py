@@ -62,8 +62,19 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
         node = config
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _parse_value(value)
     return config
+
+
+def _parse_value(text: str):
+    """YAML scalar parsing, plus the floats YAML 1.1 leaves as strings ("1e-3" has no dot)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 @dataclass

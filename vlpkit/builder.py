@@ -63,10 +63,11 @@ def build_e2evlp(config: str | E2EVLPConfig | dict = "e2evlp-6-r50", **overrides
 
     word_embeddings = _embedding(cfg.vocab_size, d, cfg.init_std, cfg.pad_token_id)
     text_embeddings = TextEmbeddings(word_embeddings, cfg.max_position_embeddings, cfg.type_vocab_size, d,
-                                     cfg.dropout)
+                                     cfg.dropout, init_std=cfg.init_std)
     caption_words = word_embeddings if cfg.share_word_embeddings else _embedding(
         cfg.vocab_size, d, cfg.init_std, cfg.pad_token_id)
-    caption_embeddings = TextEmbeddings(caption_words, cfg.max_position_embeddings, 0, d, cfg.dropout)
+    caption_embeddings = TextEmbeddings(caption_words, cfg.max_position_embeddings, 0, d, cfg.dropout,
+                                        init_std=cfg.init_std)
 
     layer_args = (d, cfg.num_heads, cfg.dim_feedforward, cfg.dropout, cfg.activation, cfg.layer_norm_eps)
     encoder = CrossModalEncoder([EncoderLayer(*layer_args) for _ in range(cfg.num_encoder_layers)])

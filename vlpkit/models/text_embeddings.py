@@ -14,11 +14,16 @@ class TextEmbeddings(nn.Module):
     """
 
     def __init__(self, word_embeddings: nn.Embedding, max_position_embeddings: int, type_vocab_size: int,
-                 d_model: int, dropout: float = 0.1, layer_norm_eps: float = 1e-12) -> None:
+                 d_model: int, dropout: float = 0.1, layer_norm_eps: float = 1e-12, init_std: float = 0.02) -> None:
         super().__init__()
         self.word_embeddings = word_embeddings
         self.position_embeddings = nn.Embedding(max_position_embeddings, d_model)
         self.token_type_embeddings = nn.Embedding(type_vocab_size, d_model) if type_vocab_size > 0 else None
+        # BERT's N(0, init_std), like the word embeddings: torch's default N(0, 1) would make positions and
+        # segments 50x louder than the tokens, and after the LayerNorm the token identity is nearly lost
+        for table in (self.position_embeddings, self.token_type_embeddings):
+            if table is not None:
+                nn.init.normal_(table.weight, std=init_std)
         self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 

@@ -37,6 +37,11 @@ bench: $(VENV)/.installed-dev
 	VLPKIT_BENCH_FULL=1 $(PY) -m pytest benchmarks -q --benchmark-json=.benchmarks/full.json
 	$(PY) benchmarks/report.py .benchmarks/full.json --output docs/benchmarks.md
 
+# The visual-learning ablation beside the paper's Table 3 (6 variants x 3 seeds, about 50 minutes on 2 CPU cores);
+# writes .benchmarks/ablation.json and the table of docs/paper_fidelity.md. An interrupted run continues.
+ablation: $(VENV)/.installed-dev
+	$(PY) benchmarks/ablation.py --output .benchmarks/ablation.json --write-docs docs/paper_fidelity.md
+
 docs: $(VENV)/.installed-dev
 	$(VENV)/bin/mkdocs build --strict
 

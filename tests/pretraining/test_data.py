@@ -80,3 +80,19 @@ def test_unknown_task_and_bad_weight_named(shapes_setup):
         Source("x", src.dataset, ("grounding",))
     with pytest.raises(ValueError, match="weight must be a positive"):
         Source("x", src.dataset, ("mlm",), weight=0)
+
+
+def test_itm_negatives_come_from_sources_that_serve_itm(shapes_setup):
+    # a Visual Genome region phrase as a negative for a COCO image would be recognisable by its style alone
+    ds = _dataset(shapes_setup)
+    names = [ds[i][1]["source"] for i in range(len(ds))]
+    mixed = [i for i, n in enumerate(names) if n == "coco"][:6] + [i for i, n in enumerate(names) if n == "vg"][:10]
+    negatives = 0
+    for seed in range(8):
+        batch = PretrainingCollator(shapes_setup.tokenizer, seed=seed)([ds[i] for i in mixed])
+        for i, meta in enumerate(batch.meta):
+            if int(batch.itm_labels[i]) == 0:
+                negatives += 1
+                donors = [j for j, m in enumerate(batch.meta) if m["caption"] == meta["text"]]
+                assert donors and all("itm" in batch.targets[j]["tasks"] for j in donors)
+    assert negatives >= 8

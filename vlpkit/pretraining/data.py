@@ -125,8 +125,8 @@ class PretrainingCollator:
     - caption_ids: the true caption `[CLS] caption [SEP] [PAD]...` (targets of image-to-text generation; rows of
       samples whose source does not serve "caption" keep only [CLS], so they add no target);
     - ITM: each sample of a source serving "itm" gets, with probability `p_negative`, the caption of another
-      sample of the batch whose image differs (itm_labels 0), else its own (1); -100 where ITM does not apply or
-      no other image is in the batch;
+      sample of the batch whose image differs and whose source also serves "itm" (itm_labels 0), else its own (1);
+      -100 where ITM does not apply or no such other sample is in the batch;
     - MLM: BERT masking of the encoder text (`vlpkit.data.masking.mask_tokens`); labels only on matched pairs of
       sources serving "mlm" (predicting a mismatched caption from the image would teach noise).
     Draws are seeded by the batch's (seed, epoch, sample indices) through the samples' targets.
@@ -149,7 +149,9 @@ class PretrainingCollator:
         rng = random.Random(_seed(self.seed, keys, captions))
         texts, itm = list(captions), []
         for i, t in enumerate(targets):
-            others = [j for j, k in enumerate(keys) if k != keys[i]]
+            # negatives come from other images of sources that serve ITM: a caption of another kind (Visual
+            # Genome region phrases beside COCO sentences) would be told apart by its style, not by the image
+            others = [j for j, k in enumerate(keys) if k != keys[i] and "itm" in targets[j]["tasks"]]
             if "itm" not in t["tasks"] or not others:
                 itm.append(IGNORE_INDEX)
             elif rng.random() < self.p_negative:

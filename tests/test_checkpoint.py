@@ -41,3 +41,20 @@ def test_unexpected_keys_reported(tmp_path):
 def test_missing_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         E2EVLP.from_pretrained(tmp_path / "nowhere")
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    import os
+
+    from vlpkit.checkpoint import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.txt", lambda tmp: open(tmp, "w").write("x"))
+        with open(tmp_path / "b.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("a.txt") == mode("b.txt") == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

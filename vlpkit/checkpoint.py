@@ -20,6 +20,12 @@ class CheckpointMismatchError(RuntimeError):
     """Weights that do not fit the model: lists missing keys, unexpected keys and shape mismatches."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write) -> Path:
     """Call `write(tmp_path)` on a temporary file beside `path`, then rename it over `path` (atomic on POSIX)."""
     path = Path(path)
@@ -28,6 +34,7 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the mode a plain open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

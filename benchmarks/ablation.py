@@ -329,12 +329,12 @@ def reading(summary: dict, base: dict) -> list[str]:
                 text += f" ({'exceeds' if exceeds else 'within'} 2 x pooled std = {2 * pooled:.2f})"
             if variant in PAPER:
                 paper = PAPER[variant][TASKS.index(task)] - PAPER["full"][TASKS.index(task)]
-                if diff == 0:
+                if abs(diff) < 0.005:  # equal at the printed precision
                     text += f", no change where the paper has {paper:+.2f}"
                 else:
                     text += f", {'same direction as' if diff * paper > 0 else 'opposite to'} the paper's {paper:+.2f}"
                 compared += 1
-                agree += exceeds and diff * paper > 0
+                agree += exceeds and diff * paper > 0 and abs(diff) >= 0.005
             parts.append(text)
         lines.append(f"- **{entry['label']}** vs all tasks: " + "; ".join(parts) + ".")
     if compared:

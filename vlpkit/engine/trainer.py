@@ -118,7 +118,7 @@ class TrainerConfig:
 
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", "float") or f.name in ("batch_size", "lr", "backbone_lr", "weight_decay"):
+            if f.type in ("int", "float"):
                 check(isinstance(value, (int, float)) and not isinstance(value, bool),
                       f"{f.name}={value!r} ({type(value).__name__}); expected a number")
         check(self.mixed_precision in MIXED_PRECISIONS,

@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 
 # VLPKIT_QUICK=1 shortens the notebooks' training runs (every cell still runs); benchmarks run their quick grid.
 test: $(VENV)/.installed-dev
-	VLPKIT_QUICK=1 $(PY) -m pytest -q tests benchmarks --nbmake notebooks
+	VLPKIT_QUICK=1 $(PY) -m pytest -q --durations=15 tests benchmarks --nbmake notebooks
 
 # The full grid of every benchmark, then docs/benchmarks.md from its JSON.
 bench: $(VENV)/.installed-dev

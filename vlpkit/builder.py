@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import E2EVLPConfig
@@ -58,8 +59,10 @@ def build_e2evlp(config: str | E2EVLPConfig | dict = "e2evlp-6-r50", **overrides
     trunk, channels = build_resnet_trunk(cfg.backbone, cfg.backbone_weights, cfg.backbone_last_stage,
                                          cfg.backbone_norm)
     stride = 32 if cfg.backbone_last_stage == "layer4" else 16
+    if cfg.use_channels_last:
+        trunk = trunk.to(memory_format=torch.channels_last)
     backbone = GridFeatureExtractor(trunk, channels, d, cfg.trainable_backbone_layers, cfg.mask_backbone_padding,
-                                    stride)
+                                    stride, cfg.use_channels_last)
 
     word_embeddings = _embedding(cfg.vocab_size, d, cfg.init_std, cfg.pad_token_id)
     text_embeddings = TextEmbeddings(word_embeddings, cfg.max_position_embeddings, cfg.type_vocab_size, d,

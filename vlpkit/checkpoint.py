@@ -43,8 +43,8 @@ def atomic_write(path: str | Path, write) -> Path:
 
 
 def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """safetensors file of `model`'s state (tied tensors stored once)."""
-    return atomic_write(path, lambda tmp: save_model(model, tmp, metadata=metadata))
+    """safetensors file of `model`'s state (tied tensors stored once; channels_last weights stored contiguous)."""
+    return atomic_write(path, lambda tmp: save_model(model, tmp, metadata=metadata, force_contiguous=True))
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, str]:

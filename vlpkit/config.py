@@ -36,6 +36,10 @@ class E2EVLPConfig:
     backbone_last_stage: str = "layer4"  # "layer3" drops C5: stride 16, a finer grid for small images
     backbone_norm: str = "frozen_bn"  # the paper's frozen BatchNorm; "batch_norm" trains it (a trunk trained from scratch)
     mask_backbone_padding: bool = True  # zero padded pixels before every conv: batch padding cannot change features
+    # trunk weights and images in torch.channels_last: 1.26x faster at 800x1333 on CPU (docs/benchmarks.md).
+    # None = on with frozen_bn, off with batch_norm, whose CPU training backward in channels_last loses precision
+    # (gradients 0.9% off a float64 reference, against 1e-5 in NCHW; tests/models/test_channels_last.py)
+    channels_last: bool | None = None
     position_embedding: str = "sine"
     # transformer
     d_model: int = 256
@@ -68,6 +72,11 @@ class E2EVLPConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def use_channels_last(self) -> bool:
+        """`channels_last` resolved: an explicit value, else on exactly when the trunk's BatchNorm is frozen."""
+        return self.backbone_norm == "frozen_bn" if self.channels_last is None else bool(self.channels_last)
 
     def validate(self) -> None:
         def check(ok: bool, msg: str) -> None:

@@ -47,11 +47,15 @@ class GridFeatureExtractor(nn.Module):
     With `mask_padding=True`, padded pixels and their descendants are set to zero before every convolution, so a
     feature at a real position is exactly what the unpadded image alone would give: batching images of different
     sizes cannot change any image's features (DETR lets padding leak into the border features).
+
+    With `channels_last=True` the images enter the trunk in `torch.channels_last` (the builder stores the trunk's
+    weights that way too): oneDNN's convolutions then skip a layout conversion per call (benchmarks/bench_levers.py).
     """
 
     def __init__(self, trunk: nn.Module, out_channels: int, d_model: int, trainable_layers: int = 3,
-                 mask_padding: bool = True, stride: int = 32) -> None:
+                 mask_padding: bool = True, stride: int = 32, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.trunk = trunk
         self.num_channels = out_channels
         self.stride = stride
@@ -97,6 +101,8 @@ class GridFeatureExtractor(nn.Module):
         padded = self.mask_padding and not bool(pixel_mask.all())
         self._active_mask = pixel_mask if padded else None
         self._image_size = tuple(pixel_values.shape[-2:])
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         try:
             x = self.trunk(pixel_values)
         finally:

@@ -318,7 +318,7 @@ def reading(summary: dict, base: dict) -> list[str]:
             a, b = full[task], entry[task]
             if a["mean"] is None or b["mean"] is None:
                 continue
-            diff = b["mean"] - a["mean"]
+            diff = round(b["mean"] - a["mean"], 2) + 0.0  # + 0.0: a rounded -0.004 prints as +0.00, not -0.00
             text = f"{TASK_LABELS[task]} {diff:+.2f}"
             exceeds = False
             if a["std"] is None or b["std"] is None:

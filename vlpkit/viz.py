@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import torch
@@ -25,8 +26,18 @@ def draw_detections(ax, image, boxes: torch.Tensor, labels: Sequence[str], score
         text = labels[k] + (f" {float(scores[k]):.2f}" if scores is not None else "")
         ax.text(x0, y0, text, fontsize=6, color="black", backgroundcolor="lime", va="bottom")
     if title:
-        ax.set_title(title, fontsize=7, wrap=True)
+        ax.set_title(wrap_title(title), fontsize=7)
     ax.axis("off")
+
+
+def wrap_title(text: str, width: int = 44, max_lines: int = 3) -> str:
+    """`text` in lines of at most `width` characters, cut to `max_lines` with an ellipsis (matplotlib's own
+    `wrap=True` wraps at the figure's edge, so titles of neighbouring axes overlap)."""
+    lines = textwrap.wrap(text, width)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: width - 3].rstrip() + "..."
+    return "\n".join(lines)
 
 
 def prediction_grid(images, predictions: Sequence[dict], class_names: Sequence[str],

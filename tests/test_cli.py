@@ -8,6 +8,7 @@ import json
 import pytest
 
 from vlpkit.cli import main
+from vlpkit.inference import load_labels
 
 IMAGES = 48  # the smallest world with NLVR2 dev and test1 sets (images // 16 sets, split 80/10/10)
 SMALL = ["task.train_scales=[64]", "task.max_size=96", "task.eval_size=64", "task.batch_size=4"]
@@ -79,6 +80,8 @@ def test_evaluate_reproduces_the_finetuning_metrics_and_results_file(task, pretr
     assert main(["finetune", task, "--checkpoint", str(pretrained), *data, "--output", str(run),
                  *_sets(SMALL + extra + TRAIN)]) == 0
     finetune_out = capsys.readouterr().out
+    # the fine-tuned folder names what it detects: the pretraining run's labels.json comes along
+    assert load_labels(run / "model").objects == load_labels(pretrained).objects != []
     saved = json.loads((run / "metrics.json").read_text())
     expected = {"vqa": lambda: saved["metrics"][split], "nlvr2": lambda: saved["metrics"][split],
                 "caption": lambda: saved[split], "retrieval": lambda: saved[split],

@@ -36,7 +36,7 @@ from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_weights, 
 from ..config import ConfigError, E2EVLPConfig
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..engine import Trainer, TrainerConfig
-from ..inference import locate_pretrained
+from ..inference import LABELS_NAME, locate_pretrained
 from ..models import E2EVLP
 
 logger = logging.getLogger(__name__)
@@ -343,6 +343,23 @@ def load_finetuned(model_cls: type[TaskModel], config_cls: type, path: str | Pat
 
 
 # ---- fine-tuning flows ---------------------------------------------------------------------------------------
+def carry_labels(checkpoint, model_dir: Path) -> Path | None:
+    """Copy the pretraining run's `labels.json` (object and attribute names) into a fine-tuned model folder, so
+    that `E2EVLPPredictor.from_pretrained(model_dir).detect(...)` names what it finds. Returns the copy, or None
+    when `checkpoint` is not a folder with a `labels.json` (an in-memory model, a fresh model)."""
+    if not isinstance(checkpoint, (str, Path)):
+        return None
+    files = locate_pretrained(checkpoint)
+    labels = files.labels
+    if labels is None and (files.model_dir.parent / LABELS_NAME).is_file():  # `<run>/model` given (as the CLI does)
+        labels = files.model_dir.parent / LABELS_NAME
+    if labels is None:
+        return None
+    target = Path(model_dir) / LABELS_NAME
+    atomic_write(target, lambda tmp: Path(tmp).write_bytes(labels.read_bytes()))
+    return target
+
+
 def loss_summary(history: list[dict]) -> tuple[float | None, float | None]:
     """(first, last) finite training loss of a `Trainer.train` history."""
     losses = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
@@ -353,7 +370,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
                          config, output_dir: Path, trainer_overrides: Mapping[str, Any] | None, evaluate: Callable,
                          *, eval_fn: Callable | None = None, resume: bool = False,
                          scorable: Callable[[Any], bool] = lambda split: True,
-                         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                         extra: Mapping[str, Any] | None = None, checkpoint=None) -> dict[str, Any]:
     """Train, then evaluate every split of `data.eval`, save the model and `metrics.json` (VQA, NLVR2).
 
     Args:
@@ -362,6 +379,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
         eval_fn: the `Trainer`'s; by default, with `eval_every > 0`, the float metrics of the first evaluation
             split (when `scorable(split)`).
         extra: report entries placed after "config".
+        checkpoint: the pretraining folder fine-tuned from; its `labels.json` is copied into `output_dir/model`.
     Returns:
         The content of `metrics.json`: {"task", "config", **extra, "train_steps", "train_loss_first",
         "train_loss_last", "metrics": {split: evaluate(...)}, "baselines"} ({} off the main process).
@@ -382,6 +400,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
                                   batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
                    for name, split in data.eval.items()}
         model.save_pretrained(output_dir / "model", config)
+        carry_labels(checkpoint, output_dir / "model")
         first, last = loss_summary(history)
         report = {"task": task, "config": config.to_dict(), **dict(extra or {}), "train_steps": len(history),
                   "train_loss_first": first, "train_loss_last": last, "metrics": metrics,
@@ -396,7 +415,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
 
 def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, data, config, output_dir: Path,
                       trainer_overrides: Mapping[str, Any] | None, evaluate: Callable,
-                      config_name: str) -> dict[str, Any]:
+                      config_name: str, checkpoint=None) -> dict[str, Any]:
     """Train (scoring `config.val_split` at every evaluation), then save the model and the recipe, score
     `config.test_split` with its results file, and write `metrics.json` (captioning, retrieval).
 
@@ -404,6 +423,7 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
         data: has `tokenizer` and `splits` (a `CaptionData`).
         evaluate: `evaluate(model, tokenizer, data, split, output_dir, config) -> dict`.
         config_name: the recipe's file name in `output_dir` (it is also saved in `output_dir/model`).
+        checkpoint: the pretraining folder fine-tuned from; its `labels.json` is copied into `output_dir/model`.
     Returns:
         {"train": {"steps", "first_loss", "last_loss"}, "output_dir", "val" (when scored), "test" (when the split
         exists)}.
@@ -422,6 +442,7 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
                               "output_dir": str(output_dir)}
     if trainer.accelerator.is_main_process:
         model.save_pretrained(output_dir / "model", config)
+        carry_labels(checkpoint, output_dir / "model")
         write_json(output_dir / config_name, config.to_dict())
         if val_metrics:
             result["val"] = dict(val_metrics)

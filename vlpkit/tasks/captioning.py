@@ -532,7 +532,8 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
     return finetune_val_test(model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing),
                              data.split(config.train_split).reader("caption", train_tf),
                              CaptionCollator(data.tokenizer, config.max_caption_length), data, config,
-                             Path(output_dir), trainer_overrides, evaluate_captioning, RECIPE_FILE)
+                             Path(output_dir), trainer_overrides, evaluate_captioning, RECIPE_FILE,
+                             checkpoint=checkpoint)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

@@ -393,7 +393,8 @@ def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, outpu
                                      flip=False)
     return finetune_eval_splits("nlvr2", model, nlvr2_loss, data.train.dataset(train_tf),
                                 NLVR2Collator(tokenizer, model.config.max_text_length), tokenizer, data, config,
-                                Path(output_dir), trainer_overrides, evaluate_nlvr2, eval_fn=eval_fn, resume=resume)
+                                Path(output_dir), trainer_overrides, evaluate_nlvr2, eval_fn=eval_fn, resume=resume,
+                                checkpoint=checkpoint)
 
 
 def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None = None,

@@ -648,7 +648,8 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     train_set = RetrievalTrainDataset(data.split(config.train_split).reader("image", train_tf), config.seed)
     return finetune_val_test(model, functools.partial(retrieval_loss, config=config), train_set,
                              RetrievalCollator(data.tokenizer, config.max_text_length), data, config,
-                             Path(output_dir), trainer_overrides, evaluate_retrieval, RECIPE_FILE)
+                             Path(output_dir), trainer_overrides, evaluate_retrieval, RECIPE_FILE,
+                             checkpoint=checkpoint)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

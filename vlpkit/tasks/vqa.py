@@ -512,7 +512,7 @@ def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_
                                 VQACollator(tokenizer, model.config.max_text_length), tokenizer, data, config,
                                 Path(output_dir), trainer_overrides, evaluate_vqa, eval_fn=eval_fn, resume=resume,
                                 scorable=lambda split: split.annotations is not None,
-                                extra={"answer_vocab_size": len(vocab)})
+                                extra={"answer_vocab_size": len(vocab)}, checkpoint=checkpoint)
 
 
 def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None = None,

@@ -193,6 +193,11 @@ def test_pretraining_run_folder_round_trip(setup, model, predictor, images, tmp_
         {"data": {"image": {"train_scales": [SIZE], "max_size": MAX_SIZE, "eval_size": SIZE}}}))
     loaded = E2EVLPPredictor.from_pretrained(run)
     assert (loaded.image_size, loaded.max_size) == (SIZE, MAX_SIZE)
+    # the run's model/ folder (what `vlpkit finetune --checkpoint <run>` loads) finds the run's other pieces
+    whole, inner = locate_pretrained(run), locate_pretrained(run / "model")
+    assert inner.model_dir == whole.model_dir and inner.tokenizer_dir == whole.tokenizer_dir
+    assert inner.labels == whole.labels == run / "labels.json"
+    assert inner.pretrain_config == whole.pretrain_config
     assert loaded.object_names == predictor.object_names and loaded.attribute_names == predictor.attribute_names
     captions = predictor.caption(images, num_beams=2, max_length=5)
     assert loaded.caption(images, num_beams=2, max_length=5) == captions

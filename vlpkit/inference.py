@@ -132,7 +132,8 @@ class PretrainedFiles:
 
 
 def locate_pretrained(path: str | Path) -> PretrainedFiles:
-    """Find the model, tokenizer, labels and preprocessing files of a run folder or a flat model folder.
+    """Find the model, tokenizer, labels and preprocessing files of a run folder, of its `model/` folder (the other
+    pieces are then looked up in the run folder too), or of a flat model folder.
 
     Raises:
         FileNotFoundError: `path` holds neither `config.json` + `model.safetensors` nor `model/` with them.
@@ -146,8 +147,12 @@ def locate_pretrained(path: str | Path) -> PretrainedFiles:
         raise FileNotFoundError(f"{root} holds no model: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it or in "
                                 f"{root / 'model'} (found: {sorted(p.name for p in root.iterdir())})")
 
+    folders = [model_dir, root]
+    if model_dir == root and root.name == "model":  # `<run>/model` given: the run folder holds the other pieces
+        folders.append(root.parent)
+
     def first(name: str, is_dir: bool = False) -> Path | None:
-        for folder in dict.fromkeys([model_dir, root]):
+        for folder in dict.fromkeys(folders):
             candidate = folder / name
             if candidate.is_dir() if is_dir else candidate.is_file():
                 return candidate

@@ -349,10 +349,7 @@ def carry_labels(checkpoint, model_dir: Path) -> Path | None:
     when `checkpoint` is not a folder with a `labels.json` (an in-memory model, a fresh model)."""
     if not isinstance(checkpoint, (str, Path)):
         return None
-    files = locate_pretrained(checkpoint)
-    labels = files.labels
-    if labels is None and (files.model_dir.parent / LABELS_NAME).is_file():  # `<run>/model` given (as the CLI does)
-        labels = files.model_dir.parent / LABELS_NAME
+    labels = locate_pretrained(checkpoint).labels
     if labels is None:
         return None
     target = Path(model_dir) / LABELS_NAME

@@ -14,6 +14,7 @@ from .models.e2evlp import E2EVLP
 from .models.encoder import CrossModalEncoder, EncoderLayer
 from .models.heads import DetectionHead, ITMHead, TiedLMHead
 from .models.position import PositionEmbeddingLearned, PositionEmbeddingSine
+from .models.spatial_prior import build_reference_points
 from .models.text_embeddings import TextEmbeddings
 from .presets import get_preset
 
@@ -90,4 +91,6 @@ def build_e2evlp(config: str | E2EVLPConfig | dict = "e2evlp-6-r50", **overrides
         itm_head=ITMHead(d),
         detection_head=DetectionHead(d, cfg.num_classes, cfg.num_attributes),
         caption_head=TiedLMHead(caption_words),
+        reference_points=(build_reference_points(cfg.num_queries)
+                          if cfg.detection_spatial_prior is not None else None),
     )

@@ -67,6 +67,10 @@ class E2EVLPConfig:
     num_classes: int = 1600  # Visual Genome objects during pretraining; COCO fine-tuning uses 91
     num_attributes: int = 400  # 0 disables the attribute head
     aux_loss: bool = True
+    # not in the paper (None = off, as in DETR): sigma, in normalised image units, of a Gaussian cross-attention
+    # prior around a learned reference point per query, from which boxes are also predicted (SMCA / Anchor DETR).
+    # A CPU-budget aid for training from scratch; see vlpkit/models/spatial_prior.py and docs/pretraining.md
+    detection_spatial_prior: float | None = None
     init_std: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, round-tripped untouched
 
@@ -100,6 +104,8 @@ class E2EVLPConfig:
         for name in ("num_encoder_layers", "num_decoder_layers", "dim_feedforward", "vocab_size",
                      "max_text_length", "num_queries", "num_classes", "max_position_embeddings"):
             check(getattr(self, name) > 0, f"{name}={getattr(self, name)}; expected > 0")
+        check(self.detection_spatial_prior is None or self.detection_spatial_prior > 0,
+              f"detection_spatial_prior={self.detection_spatial_prior}; expected None (off) or a sigma > 0")
         check(self.num_attributes >= 0, f"num_attributes={self.num_attributes}; expected >= 0")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout}; expected in [0, 1)")
         check(self.max_text_length <= self.max_position_embeddings,

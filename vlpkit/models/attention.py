@@ -40,7 +40,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, causal: bool = False,
-                kv: KeyValue | None = None, past_kv: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+                kv: KeyValue | None = None, past_kv: KeyValue | None = None,
+                attn_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, KeyValue]:
         """
         Args:
             query: [B, T, d] (positions already added).
@@ -49,6 +50,7 @@ class MultiHeadAttention(nn.Module):
             causal: query i attends to keys 0..(S_past + i) only.
             kv: precomputed projected keys/values (e.g. the memory's, for cross-attention).
             past_kv: cached projected keys/values of earlier steps, prepended to the new ones.
+            attn_bias: [B or 1, heads or 1, T, S_total] float added to the attention logits (a spatial prior).
         Returns:
             output [B, T, d], and the (k, v) used (the grown cache, when `past_kv` is given).
         """
@@ -65,6 +67,9 @@ class MultiHeadAttention(nn.Module):
         if causal and t > 1:
             allowed = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(diagonal=s - t)
             mask = allowed if mask is None else mask & allowed
+        if attn_bias is not None:
+            bias = attn_bias.to(q.dtype)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).flatten(2)), (k, v)

@@ -27,7 +27,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor, cross_kv: KeyValue, memory_padding_mask: torch.Tensor,
                 query_pos: torch.Tensor | None = None, causal: bool = False,
-                past_kv: KeyValue | None = None) -> tuple[torch.Tensor, KeyValue]:
+                past_kv: KeyValue | None = None,
+                cross_attn_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, KeyValue]:
         """
         Args:
             tgt: [B, T, d] query states (zeros + query_pos for detection, token embeddings for captions).
@@ -36,6 +37,8 @@ class DecoderLayer(nn.Module):
             query_pos: [B or 1, T, d] added to queries/keys of both attentions (object queries); None for captions.
             causal: mask future tokens (captions).
             past_kv: this layer's self-attention cache from earlier decoding steps.
+            cross_attn_bias: [B, 1, T, S] float added to the cross-attention logits (object queries' spatial
+                prior, `vlpkit.models.spatial_prior`), or None.
         Returns:
             [B, T, d] new states, and the self-attention (k, v) including `past_kv` (the grown cache).
         """
@@ -43,7 +46,8 @@ class DecoderLayer(nn.Module):
         attended, self_kv = self.self_attn(q, q, tgt, causal=causal, past_kv=past_kv)
         tgt = self.norm1(tgt + self.dropout(attended))
         q = tgt if query_pos is None else tgt + query_pos
-        attended, _ = self.cross_attn(q, kv=cross_kv, key_padding_mask=memory_padding_mask)
+        attended, _ = self.cross_attn(q, kv=cross_kv, key_padding_mask=memory_padding_mask,
+                                      attn_bias=cross_attn_bias)
         tgt = self.norm2(tgt + self.dropout(attended))
         return self.norm3(tgt + self.dropout(self.ffn(tgt))), self_kv
 
@@ -100,7 +104,8 @@ class SharedDecoder(nn.Module):
 
     def forward(self, tgt: torch.Tensor, cross_kv: list[KeyValue], memory_padding_mask: torch.Tensor,
                 query_pos: torch.Tensor | None = None, causal: bool = False,
-                cache: DecoderCache | None = None, return_intermediate: bool = True) -> torch.Tensor:
+                cache: DecoderCache | None = None, return_intermediate: bool = True,
+                cross_attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             tgt: [B, T, d].
@@ -111,13 +116,14 @@ class SharedDecoder(nn.Module):
             cache: when given, `tgt` holds only the new tokens; the cache's self-attention keys/values are
                 used and extended in place.
             return_intermediate: return every layer's output (detection's auxiliary losses) or only the last.
+            cross_attn_bias: [B, 1, T, S] float added to every layer's cross-attention logits, or None.
         Returns:
             [num_layers or 1, B, T, d]: layer outputs after the final LayerNorm (the last is the decoder output).
         """
         outputs, new_kv = [], []
         for i, layer in enumerate(self.layers):
             past = cache.self_kv[i] if cache is not None and cache.self_kv is not None else None
-            tgt, kv = layer(tgt, cross_kv[i], memory_padding_mask, query_pos, causal, past)
+            tgt, kv = layer(tgt, cross_kv[i], memory_padding_mask, query_pos, causal, past, cross_attn_bias)
             if return_intermediate or i == len(self.layers) - 1:
                 outputs.append(self.norm(tgt))
             new_kv.append(kv)

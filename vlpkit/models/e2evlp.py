@@ -14,6 +14,7 @@ from .decoder import DecoderCache, SharedDecoder
 from .encoder import CrossModalEncoder
 from .heads import DetectionHead, ITMHead, TiedLMHead
 from .outputs import DetectionOutput, EncoderOutput, GenerationOutput, ImageEmbedding
+from .spatial_prior import gaussian_attention_bias, grid_cell_centres
 from .text_embeddings import TextEmbeddings
 
 
@@ -32,7 +33,8 @@ class E2EVLP(nn.Module):
 
     pixels -> `backbone` (ResNet + 1x1 conv) -> grid [B, d, H, W] + `position_encoding`;
     text -> `text_embeddings`; `[CLS] text [SEP] grid` -> `encoder` -> memory;
-    memory -> `decoder` with `query_embed` -> `detection_head` (objects, boxes, attributes);
+    memory -> `decoder` with `query_embed` -> `detection_head` (objects, boxes, attributes); optionally with
+    `reference_points` (a spatial prior, not in the paper; `vlpkit.models.spatial_prior`);
     memory -> `decoder` with `caption_embeddings`, causally -> `caption_head` (image-to-text generation);
     memory -> `mlm_head` (text positions), `itm_head` ([CLS]).
 
@@ -42,7 +44,8 @@ class E2EVLP(nn.Module):
     def __init__(self, config: E2EVLPConfig, backbone: GridFeatureExtractor, position_encoding: nn.Module,
                  text_embeddings: TextEmbeddings, encoder: CrossModalEncoder, decoder: SharedDecoder,
                  query_embed: nn.Embedding, caption_embeddings: TextEmbeddings, mlm_head: TiedLMHead,
-                 itm_head: ITMHead, detection_head: DetectionHead, caption_head: TiedLMHead) -> None:
+                 itm_head: ITMHead, detection_head: DetectionHead, caption_head: TiedLMHead,
+                 reference_points: nn.Embedding | None = None) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
@@ -56,6 +59,7 @@ class E2EVLP(nn.Module):
         self.itm_head = itm_head
         self.detection_head = detection_head
         self.caption_head = caption_head
+        self.reference_points = reference_points  # [Q, 2] logits; only with config.detection_spatial_prior
 
     # ---- encoding ---------------------------------------------------------------------------------------
     def embed_image(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageEmbedding:
@@ -141,11 +145,17 @@ class E2EVLP(nn.Module):
         """Object queries through the shared decoder -> DETR predictions (every decoder layer, for aux losses)."""
         batch = encoding.memory.shape[0]
         query_pos = self.query_embed.weight[None].expand(batch, -1, -1).to(encoding.memory.dtype)
+        reference, bias = None, None
+        if self.reference_points is not None:
+            reference = self.reference_points.weight
+            grid_padding = encoding.memory_padding_mask[:, encoding.text_length:].unflatten(1, encoding.grid_size)
+            bias = gaussian_attention_bias(reference.sigmoid(), grid_cell_centres(grid_padding),
+                                           self.config.detection_spatial_prior, encoding.text_length)
         hidden = self.decoder(torch.zeros_like(query_pos),
                               self.decoder.memory_kv(encoding.memory, encoding.memory_pos),
                               encoding.memory_padding_mask, query_pos=query_pos, causal=False,
-                              return_intermediate=self.config.aux_loss)
-        layers = [self.detection_head(h) for h in hidden]
+                              return_intermediate=self.config.aux_loss, cross_attn_bias=bias)
+        layers = [self.detection_head(h, reference) for h in hidden]
         last = layers[-1]
         return DetectionOutput(last["pred_logits"], last["pred_boxes"], last.get("pred_attributes"), layers[:-1])
 

@@ -56,7 +56,8 @@ class DetectionHead(nn.Module):
     """DETR's heads on decoder states: classes (+1 no-object), boxes (3-layer MLP, sigmoid, normalised cxcywh),
     and Visual Genome attributes (logits over `num_attributes`; absent when it is 0).
 
-    [..., Q, d] -> dict of [..., Q, K+1], [..., Q, 4], [..., Q, A].
+    [..., Q, d] -> dict of [..., Q, K+1], [..., Q, 4], [..., Q, A]. With `reference` ([Q, 2] inverse-sigmoid
+    reference points, `vlpkit.models.spatial_prior`) the box centre is predicted as an offset from it.
     """
 
     def __init__(self, d_model: int, num_classes: int, num_attributes: int = 0) -> None:
@@ -65,8 +66,11 @@ class DetectionHead(nn.Module):
         self.bbox_embed = MLP(d_model, d_model, 4, 3)
         self.attr_embed = nn.Linear(d_model, num_attributes) if num_attributes > 0 else None
 
-    def forward(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {"pred_logits": self.class_embed(hidden), "pred_boxes": self.bbox_embed(hidden).float().sigmoid()}
+    def forward(self, hidden: torch.Tensor, reference: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        boxes = self.bbox_embed(hidden).float()
+        if reference is not None:
+            boxes = boxes + F.pad(reference.float(), (0, 2))
+        out = {"pred_logits": self.class_embed(hidden), "pred_boxes": boxes.sigmoid()}
         if self.attr_embed is not None:
             out["pred_attributes"] = self.attr_embed(hidden)
         return out

@@ -43,8 +43,12 @@ def pretrained(tmp_path_factory, cache):
         assert main(["pretrain", "--config", "e2evlp-tiny", *_sets([
             "trainer.max_steps=1", f"trainer.output_dir={run}", f"data.shapes.num_images={IMAGES}",
             "trainer.batch_size=4", "data.image.train_scales=[64]", "data.image.max_size=96",
-            "data.image.eval_size=64", "trainer.progress_bar=false", "trainer.save_every=0"])]) == 0
+            "data.image.eval_size=64", "trainer.progress_bar=false", "trainer.save_every=0",
+            "warmup.steps=2", "warmup.batch_size=4"])]) == 0
     assert (run / "model" / "model.safetensors").is_file() and (run / "tokenizer").is_dir()
+    # the CLI ran the config's trunk warm-up and pretrained from it
+    saved = json.loads((run / "pretrain_config.json").read_text())
+    assert saved["model"]["overrides"]["backbone_weights"].endswith(".safetensors")
     return run
 
 

@@ -9,7 +9,8 @@ from vlpkit.demo import run_demo
 def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = run_demo("e2evlp-tiny", [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2",
                                        "trainer.batch_size=4", "trainer.progress_bar=false",
-                                       f"data.shapes.root={tmp_path / 'world'}", "data.shapes.num_images=40"],
+                                       f"data.shapes.root={tmp_path / 'world'}", "data.shapes.num_images=40",
+                                       "warmup.steps=2", "warmup.batch_size=4"],
                        max_eval_images=6, figure_images=4)
     out = capsys.readouterr().out
     for name in ("detection AP50", "caption CIDEr", "ITM accuracy", "MLM accuracy"):
@@ -21,3 +22,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert json.loads((run / "demo_metrics.json").read_text())["metrics"].keys() == summary["metrics"].keys()
     assert E2EVLP.from_pretrained(run / "model").config.num_classes == 6
     assert (run / "labels.json").is_file() and (run / "tokenizer").is_dir()
+    # the warm-up's trunk is what pretraining started from, and is cached beside the world
+    weights = json.loads((run / "pretrain_config.json").read_text())["model"]["overrides"]["backbone_weights"]
+    assert weights.startswith(str(tmp_path / "world")) and weights.endswith(".safetensors")
+    assert "trunk warm-up" in out

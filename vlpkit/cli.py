@@ -17,8 +17,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from .pretraining.run import load_config, pretrain
+    from .pretraining.trunk_warmup import with_warm_trunk
 
-    pretrain(load_config(args.config, args.set), resume=args.resume)
+    config = load_config(args.config, args.set)
+    # the config's trunk warm-up (cached, so a resumed run finds the same file), then pretraining
+    pretrain(with_warm_trunk(config, progress=config["trainer"].get("progress_bar", True)), resume=args.resume)
     return 0
 
 

@@ -12,7 +12,11 @@ data:
   sources: [{name: coco, tasks: [mlm, itm, detection, caption], weight: 1},
             {name: vg, tasks: [mlm, detection, attributes], weight: 1}]
   image: {train_scales: [480, 512, ..., 800], max_size: 1333, crop: true, flip: true, eval_size: 800}
+warmup: {steps: 400}   # optional: `vlpkit demo`'s trunk warm-up (vlpkit.pretraining.trunk_warmup)
 ```
+
+`pretrain` takes the trunk's initial weights from `model.overrides.backbone_weights` only; the `warmup` section is
+run by `vlpkit demo` (or `warm_up_trunk_from_config`), which writes such a file and sets that field.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .data import PretrainingCollator, PretrainingDataset, Source
 from .objective import ObjectiveConfig, PretrainingObjective
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-SECTIONS = ("model", "objective", "trainer", "data")
+SECTIONS = ("model", "objective", "trainer", "data", "warmup")  # warmup: see trunk_warmup (not read by pretrain)
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> dict:

@@ -138,19 +138,22 @@ def build_resnet_trunk(name: str, weights: str | None = None, last_stage: str = 
     if weights is not None and not Path(weights).exists():
         tv_weights = torchvision.models.get_model_weights(name)[weights]
     resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
+    children = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    kept = children[: children.index(last_stage) + 1]
     if weights is not None and Path(weights).exists():
         from ..checkpoint import load_state_dict_file
 
         state = load_state_dict_file(weights)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         missing, unexpected = resnet.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
+        # strict for the stages the trunk keeps; a file of a truncated trunk (e.g. the trunk warm-up's) may lack
+        # the dropped stages and the classifier
+        missing = [k for k in missing if k.split(".")[0] in kept]
         if missing or unexpected:
-            raise ValueError(f"backbone weights {weights} do not fit {name}: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
+            raise ValueError(f"backbone weights {weights} do not fit {name} up to {last_stage}: missing keys "
+                             f"{missing}, unexpected keys {unexpected}")
     trunk = nn.Sequential()
-    children = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    for child in children[: children.index(last_stage) + 1]:
+    for child in kept:
         trunk.add_module(child, getattr(resnet, child))
     channels = _TRUNK_CHANNELS[name] // (2 if last_stage == "layer3" else 1)
     return trunk, channels

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..builder import resolve_config
+from ..checkpoint import atomic_write
 from ..data.batch import collate_images
 from ..models.backbone import build_resnet_trunk
 
@@ -74,8 +75,9 @@ def attribute_targets(targets: list[dict], num_attributes: int) -> torch.Tensor:
 
 
 def warm_up_trunk(dataset, transforms, backbone: str, last_stage: str, norm: str, num_classes: int,
-                  num_attributes: int = 0, steps: int = 400, batch_size: int = 16, lr: float = 1e-3, weight_decay: float = 1e-4,
-                  seed: int = 0, progress: bool = True) -> tuple[dict[str, torch.Tensor], list[float]]:
+                  num_attributes: int = 0, steps: int = 400, batch_size: int = 16, lr: float = 1e-3,
+                  weight_decay: float = 1e-4, seed: int = 0,
+                  progress: bool = True) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Train a randomly initialised trunk to classify the object under each box centre (cross-entropy), and with
     `num_attributes` > 0 to predict its attributes too (binary cross-entropy, averaged over objects and attributes:
     summed over attributes it outweighs the class and slows shape learning, measured in docs/pretraining.md).
@@ -86,7 +88,7 @@ def warm_up_trunk(dataset, transforms, backbone: str, last_stage: str, norm: str
         transforms: the pretraining train transforms (`(image, target, text) -> (tensor, target, text)`, with
             boxes normalised cxcywh afterwards).
     Returns:
-        (state dict of the full torchvision ResNet, stages after `last_stage` at their random init, ready for
+        (the trunk's state dict in torchvision's key names, stages up to `last_stage`, ready for
         `backbone_weights`; per-step class error of the batch).
     """
     if len(dataset) == 0:
@@ -96,7 +98,6 @@ def warm_up_trunk(dataset, transforms, backbone: str, last_stage: str, norm: str
     with torch.random.fork_rng():  # seeded on its own: the caller's RNG state is left as it was
         torch.manual_seed(seed)
         trunk, channels = build_resnet_trunk(backbone, None, last_stage, norm)
-        full_resnet_state = _full_state(backbone, norm)
         classifier = nn.Linear(channels, num_classes)
         attribute_head = nn.Linear(channels, num_attributes) if num_attributes > 0 else None
         heads = list(classifier.parameters()) + (list(attribute_head.parameters()) if attribute_head else [])
@@ -124,19 +125,7 @@ def warm_up_trunk(dataset, transforms, backbone: str, last_stage: str, norm: str
             optimizer.step()
             errors.append(float((logits.argmax(-1) != labels).float().mean()))
             bar.set_postfix(loss=f"{loss.item():.3f}", error=f"{errors[-1]:.2f}")
-    state = dict(full_resnet_state)
-    state.update({k: v.detach().clone() for k, v in trunk.state_dict().items()})
-    return state, errors
-
-
-def _full_state(backbone: str, norm: str) -> dict[str, torch.Tensor]:
-    """Every key of torchvision's ResNet (random init), so a truncated trunk still loads strictly."""
-    import torchvision
-    from torchvision.ops import FrozenBatchNorm2d
-
-    resnet = getattr(torchvision.models, backbone)(
-        weights=None, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
-    return {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+    return {k: v.detach().clone() for k, v in trunk.state_dict().items()}, errors
 
 
 def warm_up_trunk_from_config(config: dict, cache_dir: str | Path | None = None, progress: bool = True) -> Path | None:
@@ -180,11 +169,8 @@ def warm_up_trunk_from_config(config: dict, cache_dir: str | Path | None = None,
                                   batch_size=int(spec["batch_size"]), lr=float(spec["lr"]),
                                   weight_decay=float(spec["weight_decay"]), seed=int(spec["seed"]),
                                   progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"warmup": json.dumps(key, sort_keys=True, default=str)})
-    tmp.replace(path)
+    metadata = {"warmup": json.dumps(key, sort_keys=True, default=str)}
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata))
     tail = errors[-20:]
     print(f"trunk warm-up: {len(errors)} steps, class error of the last {len(tail)} batches "
           f"{sum(tail) / max(len(tail), 1):.2f}; saved {path}", flush=True)

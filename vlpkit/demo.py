@@ -1,5 +1,6 @@
-"""`vlpkit demo` (what `make demo` runs): warm up the trunk on object classes (the config's `warmup` section),
-pretrain e2evlp-tiny on the shapes world with all four objectives, evaluate every objective on held-out images beside its trivial baseline, save a figure and the checkpoint."""
+"""`vlpkit demo` (what `make demo` runs): warm up the trunk on object classes and attributes (the config's
+`warmup` section), pretrain e2evlp-tiny on the shapes world with all four objectives, evaluate every objective
+on held-out images beside its trivial baseline, save a figure and the checkpoint."""
 
 from __future__ import annotations
 

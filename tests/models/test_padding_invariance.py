@@ -38,7 +38,20 @@ def test_pixel_padding_leaves_real_outputs_unchanged(model, size):
     torch.testing.assert_close(batched.itm_logits, alone.itm_logits, atol=1e-5, rtol=0)
 
 
-def test_batch_of_different_sizes_matches_each_alone(model):
+@pytest.fixture(scope="module")
+def prior_model():
+    """With the optional spatial prior: its Gaussian is placed in each image's own extent, so padding cannot move
+    it. The reference points are moved off their grid so that the test does not rest on a symmetric start."""
+    torch.manual_seed(0)
+    model = build_e2evlp("e2evlp-tiny", detection_spatial_prior=0.15).eval()
+    with torch.no_grad():
+        model.reference_points.weight.add_(0.2 * torch.randn_like(model.reference_points.weight))
+    return model
+
+
+@pytest.mark.parametrize("which", ["model", "prior_model"])
+def test_batch_of_different_sizes_matches_each_alone(request, which):
+    model = request.getfixturevalue(which)
     imgs = [torch.randn(1, 3, 80, 64), torch.randn(1, 3, 50, 100)]
     pixels = torch.zeros(2, 3, 80, 100)
     mask = torch.zeros(2, 80, 100, dtype=torch.bool)
@@ -50,6 +63,7 @@ def test_batch_of_different_sizes_matches_each_alone(model):
         for i, im in enumerate(imgs):
             single = model.detect(model.encode(im))
             torch.testing.assert_close(both.pred_boxes[i], single.pred_boxes[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(both.pred_logits[i], single.pred_logits[0], atol=1e-5, rtol=0)
 
 
 def test_pad_tokens_leave_real_outputs_unchanged(model):

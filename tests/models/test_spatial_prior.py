@@ -120,22 +120,3 @@ def test_save_and_load_round_trip_keeps_reference_points(tmp_path):
         torch.testing.assert_close(loaded.detect(loaded.encode(pixels)).pred_boxes,
                                    model.detect(model.encode(pixels)).pred_boxes)
 
-
-def test_padded_batch_matches_each_image_alone_with_the_prior():
-    """The Gaussian is placed relative to each image's own extent, so batch padding cannot move it."""
-    torch.manual_seed(0)
-    model = build_e2evlp("e2evlp-tiny", detection_spatial_prior=0.15).eval()
-    with torch.no_grad():
-        model.reference_points.weight.add_(0.2 * torch.randn_like(model.reference_points.weight))
-    imgs = [torch.randn(1, 3, 80, 64), torch.randn(1, 3, 50, 100)]
-    pixels = torch.zeros(2, 3, 96, 128)
-    mask = torch.zeros(2, 96, 128, dtype=torch.bool)
-    for i, im in enumerate(imgs):
-        pixels[i, :, : im.shape[2], : im.shape[3]] = im[0]
-        mask[i, : im.shape[2], : im.shape[3]] = True
-    with torch.no_grad():
-        both = model.detect(model.encode(pixels, mask))
-        for i, im in enumerate(imgs):
-            single = model.detect(model.encode(im))
-            torch.testing.assert_close(both.pred_boxes[i], single.pred_boxes[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(both.pred_logits[i], single.pred_logits[0], atol=1e-5, rtol=0)

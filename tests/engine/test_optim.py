@@ -10,7 +10,8 @@ from torch import nn
 from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 
 from vlpkit import build_e2evlp
-from vlpkit.engine import TrainerConfig, build_optimizer, build_scheduler, lr_factor, param_groups
+from vlpkit.config import ConfigError
+from vlpkit.engine import Trainer, TrainerConfig, build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 def test_param_groups_split_e2evlp_by_prefix_and_skip_frozen():
@@ -108,3 +109,60 @@ def test_vqa_task_overrides_and_drop_epochs():
     assert TrainerConfig.for_task("vqa", epochs=3).epochs == 3
     with pytest.raises(Exception, match="unknown task 'nope'"):
         TrainerConfig.for_task("nope")
+
+
+FUSION = {"fusion": {"lr": 2e-5, "prefixes": ["text_embeddings.", "encoder.", "mlm_head.", "itm_head."]}}
+
+
+def test_lr_groups_take_their_prefixes_after_the_backbone():
+    model = build_e2evlp("e2evlp-tiny")
+    # a second group whose prefix also matches encoder names: the first listed group wins
+    lr_groups = {**FUSION, "late": {"lr": 3e-5, "prefixes": ["encoder.", "decoder."]}}
+    groups = {g["name"]: g for g in param_groups(model, 1e-4, 1e-5, 0.0, lr_groups=lr_groups)}
+    assert [groups[n]["lr"] for n in ("default", "backbone", "fusion", "late")] == [1e-4, 1e-5, 2e-5, 3e-5]
+    ids = {id(p): n for n, p in model.named_parameters()}
+    names = {g: {ids[id(p)] for p in groups[g]["params"]} for g in groups}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names["fusion"] == {n for n in trainable if n.split(".")[0] in ("text_embeddings", "encoder", "mlm_head",
+                                                                             "itm_head")}
+    assert names["late"] == {n for n in trainable if n.startswith("decoder.")}
+    assert names["backbone"] == {n for n in trainable if n.startswith("backbone.trunk.")}
+    assert "backbone.input_proj.weight" in names["default"] and "query_embed.weight" in names["default"]
+    assert set().union(*names.values()) == trainable
+    assert sum(len(v) for v in names.values()) == len(trainable)  # every parameter in exactly one group
+
+
+@pytest.mark.parametrize("lr_groups, match", [
+    ({"backbone": {"lr": 1e-4, "prefixes": ["encoder."]}}, "reserved"),
+    ({"fusion": {"lr": 1e-4}}, "expected"),
+    ({"fusion": {"lr": -1.0, "prefixes": ["encoder."]}}, "expected a number >= 0"),
+    ({"fusion": {"lr": 1e-4, "prefixes": "encoder."}}, "non-empty list"),
+    ({"fusion": {"lr": 1e-4, "prefixes": ["encoder.", ""]}}, "non-empty list"),
+    ({"fusion": {"lr": 1e-4, "prefixes": ["encodr."]}}, r"match no trainable parameter.*encodr"),
+])
+def test_lr_groups_errors_name_the_group(lr_groups, match):
+    with pytest.raises(ValueError, match=match):
+        param_groups(build_e2evlp("e2evlp-tiny"), 1e-4, 1e-5, 0.0, lr_groups=lr_groups)
+
+
+def test_trainer_config_lr_groups_round_trip_and_validation():
+    config = TrainerConfig(lr_groups=FUSION)
+    assert TrainerConfig.from_json(config.to_json()) == config
+    with pytest.raises(ConfigError, match="lr_groups"):
+        TrainerConfig(lr_groups={"fusion": {"lr": "fast", "prefixes": ["encoder."]}})
+
+
+def test_trainer_warms_up_and_logs_every_lr_group(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    data = [(torch.randn(3), torch.randn(1)) for _ in range(8)]
+
+    def loss_fn(m, batch):
+        x, y = batch
+        return {"loss": ((m(x) - y) ** 2).mean()}
+
+    config = TrainerConfig(output_dir=str(tmp_path), max_steps=4, batch_size=4, lr=1e-2, warmup_steps=4,
+                           lr_groups={"head": {"lr": 1e-3, "prefixes": ["1."]}}, save_every=0, progress_bar=False,
+                           cpu=True)
+    history = Trainer(model, loss_fn, data, config=config).train()
+    assert [h["lr_head"] for h in history] == pytest.approx([1e-3 * (s + 1) / 4 for s in range(4)])
+    assert [h["lr"] for h in history] == pytest.approx([1e-2 * (s + 1) / 4 for s in range(4)])

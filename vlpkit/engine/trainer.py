@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_weights, save_weights
 from ..config import ConfigError
 from .logging import MetricLogger
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, check_lr_groups
 from .sampler import ResumableDistributedSampler
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
 from .state import (
@@ -84,6 +84,9 @@ class TrainerConfig:
     lr: float = 1e-4
     backbone_lr: float = 1e-5
     backbone_prefix: str = "backbone.trunk."  # parameters named so train at `backbone_lr` (DETR: the ResNet only)
+    # more AdamW groups by name prefix, {name: {"lr": float, "prefixes": [str, ...]}} (engine.optim.param_groups);
+    # warm-up and lr drops scale them like the others
+    lr_groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1  # 0 disables clipping (the norm is still logged)
     warmup_steps: int = 0
@@ -131,6 +134,10 @@ class TrainerConfig:
         for name in ("lr", "backbone_lr", "weight_decay", "clip_max_norm", "warmup_steps", "num_workers",
                      "log_every", "eval_every", "save_every", "keep_last", "seed"):
             check(getattr(self, name) >= 0, f"{name}={getattr(self, name)}; expected >= 0")
+        try:
+            check_lr_groups(self.lr_groups)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         check(0.0 < self.lr_drop_factor <= 1.0, f"lr_drop_factor={self.lr_drop_factor}; expected in (0, 1]")
         check(all(e > 0 for e in self.lr_drop_epochs) and self.lr_drop_epochs == sorted(self.lr_drop_epochs),
               f"lr_drop_epochs={self.lr_drop_epochs}; expected increasing epochs > 0")
@@ -204,7 +211,8 @@ class Trainer:
     """Train `model` on `train_dataset` by minimising `loss_fn(model, batch)["loss"]`.
 
     Args:
-        model: any `nn.Module`; its parameters named `config.backbone_prefix...` train at `backbone_lr`.
+        model: any `nn.Module`; its parameters named `config.backbone_prefix...` train at `backbone_lr`, those
+            matched by `config.lr_groups` at their group's lr.
         loss_fn: `(model, batch) -> dict[str, Tensor]` of scalars: "loss" (the total) and each weighted term.
         train_dataset: a map-style dataset (`len()` and integer indexing).
         collate_fn: list of samples -> batch (None: torch's default collate). Batches are moved to the device
@@ -258,7 +266,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(micro_batches / cfg.grad_accum_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
 
-        optimizer = build_optimizer(model, cfg.lr, cfg.backbone_lr, cfg.weight_decay, cfg.backbone_prefix)
+        optimizer = build_optimizer(model, cfg.lr, cfg.backbone_lr, cfg.weight_decay, cfg.backbone_prefix,
+                                    cfg.lr_groups)
         # not passed to accelerator.prepare: accelerate would step it once per process (its convention for
         # schedules written in samples); this one is written in optimizer updates
         self.scheduler = build_scheduler(optimizer, cfg.warmup_steps, self.steps_per_epoch, cfg.lr_drop_epochs,
@@ -291,7 +300,7 @@ class Trainer:
             resume: continue from the latest checkpoint in `output_dir` when one exists (else start fresh).
         Returns:
             One dict per update made by this call: "step", "epoch", "loss" and every other term (averaged over
-            the accumulated micro-batches and over processes), "lr" and "lr_backbone", "grad_norm",
+            the accumulated micro-batches and over processes), "lr", "lr_backbone" and "lr_<group>", "grad_norm",
             "samples_per_s", and "eval/<name>" at evaluation steps.
         Raises:
             NonFiniteLossError: a NaN/inf loss term or gradient norm (with `nan_policy="raise"`), before the
@@ -550,8 +559,13 @@ class Trainer:
     def _apply_schedule(self) -> None:
         """Base learning rates and weight decay from the config; lr = base * factor(step), as LambdaLR computes."""
         cfg = self.config
-        base = {"default": cfg.lr, "backbone": cfg.backbone_lr}
+        base = {"default": cfg.lr, "backbone": cfg.backbone_lr,
+                **{name: float(spec["lr"]) for name, spec in cfg.lr_groups.items()}}
         groups = self.optimizer.param_groups
+        renamed = [g["name"] for g in groups if g["name"] not in base]
+        if renamed:
+            raise ValueError(f"the checkpoint's optimizer has parameter groups {renamed}, which this config does "
+                             f"not define (its groups: {sorted(base)}); resume with the run's lr_groups")
         self.scheduler.base_lrs = [base[g["name"]] for g in groups]
         for group, lr, fn in zip(groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["initial_lr"] = lr

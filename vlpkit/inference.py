@@ -42,7 +42,6 @@ from .data.batch import Batch, collate_images, collate_texts
 from .data.tokenization import load_tokenizer, save_tokenizer
 from .data.transforms import make_eval_transforms
 from .models import E2EVLP
-from .models.outputs import ImageEmbedding
 from .ops.postprocess import postprocess_detections
 
 logger = logging.getLogger(__name__)
@@ -461,10 +460,8 @@ class E2EVLPPredictor:
             for _, part in self._chunks(pairs):
                 rows = torch.tensor([i for i, _ in part], device=self.device)
                 cols = torch.tensor([j for _, j in part], device=self.device)
-                selected = ImageEmbedding(image.features[rows], image.pos[rows], image.padding_mask[rows],
-                                          image.grid_size)
                 encoding = self.model.encode(input_ids=ids[cols], attention_mask=mask[cols],
-                                             token_type_ids=types[cols], image=selected)
+                                             token_type_ids=types[cols], image=image.select(rows))
                 prob = self.model.itm_logits(encoding).float().softmax(-1)[:, 1].cpu()
                 scores[rows.cpu() + start, cols.cpu()] = prob
         return scores

@@ -96,3 +96,40 @@ def test_itm_negatives_come_from_sources_that_serve_itm(shapes_setup):
                 donors = [j for j, m in enumerate(batch.meta) if m["caption"] == meta["text"]]
                 assert donors and all("itm" in batch.targets[j]["tasks"] for j in donors)
     assert negatives >= 8
+
+
+def test_extra_itm_pairs_reuse_each_image_with_its_caption_and_k_others(shapes_setup):
+    import pytest
+
+    ds = _dataset(shapes_setup)
+    samples = [ds[i] for i in range(16)]
+    plain = PretrainingCollator(shapes_setup.tokenizer, seed=3)(samples)
+    batch = PretrainingCollator(shapes_setup.tokenizer, seed=3, itm_extra_negatives=2)(samples)
+    assert plain.itm_pairs is None
+    # the extra rows are drawn after everything else: the rest of the batch is the paper's
+    for name in ("input_ids", "mlm_labels", "itm_labels", "caption_ids"):
+        assert torch.equal(getattr(batch, name), getattr(plain, name)), name
+    pairs = batch.itm_pairs
+    rows = len(pairs["labels"])
+    assert pairs["input_ids"].shape[0] == pairs["attention_mask"].shape[0] == pairs["image_index"].shape[0] == rows
+    texts = shapes_setup.tokenizer.batch_decode(pairs["input_ids"], skip_special_tokens=True)
+    norm = [" ".join(shapes_setup.tokenizer.tokenize(m["caption"])) for m in batch.meta]
+    eligible = [i for i in range(len(batch)) if int(batch.itm_labels[i]) != IGNORE_INDEX]
+    assert eligible and sorted(set(pairs["image_index"].tolist())) == eligible
+    for i in eligible:
+        mine = (pairs["image_index"] == i).nonzero().flatten().tolist()
+        labels = [int(pairs["labels"][r]) for r in mine]
+        assert labels == [1, 0, 0]  # its own caption, then two others
+        own = " ".join(shapes_setup.tokenizer.tokenize(texts[mine[0]]))
+        assert own == norm[i]
+        donors = set()
+        for r in mine[1:]:
+            text = " ".join(shapes_setup.tokenizer.tokenize(texts[r]))
+            assert text != norm[i]
+            match = [j for j in eligible if norm[j] == text and batch.meta[j]["image_key"] != batch.meta[i]["image_key"]]
+            assert match  # another ITM sample's caption
+            donors.add(text)
+        assert len(donors) == 2  # two distinct donors
+    assert (pairs["attention_mask"].sum(1) == (pairs["input_ids"] != shapes_setup.tokenizer.pad_token_id).sum(1)).all()
+    with pytest.raises(ValueError, match="itm_extra_negatives"):
+        PretrainingCollator(shapes_setup.tokenizer, itm_extra_negatives=-1)

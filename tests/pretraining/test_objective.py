@@ -109,3 +109,25 @@ def test_two_processes_match_one_global_batch(shapes_setup, tmp_path):
     # DETR's class term is a weighted mean per process (as in DETR): equal only within tolerance
     ce = (ranks[0]["det/loss_ce"] + ranks[1]["det/loss_ce"]) / 2
     assert ce == pytest.approx(float(single["det/loss_ce"]), rel=0.05)
+
+
+def test_extra_itm_pairs_join_the_itm_mean(shapes_setup):
+    model, objective, _ = _setup(shapes_setup)
+    ds = PretrainingDataset(shapes_sources(shapes_setup, vg_tasks=("mlm", "detection", "attributes")),
+                            make_train_transforms(scales=(64,), max_size=96, crop=False), seed=0)
+    order = list(range(0, len(ds), max(1, len(ds) // 8)))[:8]
+    batch = PretrainingCollator(shapes_setup.tokenizer, seed=0, itm_extra_negatives=2)([ds[i] for i in order])
+    pairs = batch.itm_pairs
+    assert pairs is not None and (pairs["labels"] == 0).any() and (pairs["labels"] == 1).any()
+    with torch.no_grad():
+        out = objective(model, batch)
+        enc = model.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask,
+                           batch.token_type_ids)
+        main = F.cross_entropy(model.itm_logits(enc), batch.itm_labels, reduction="none")
+        main = main[batch.itm_labels != -100]
+        # independently: each extra pair encoded from its own image's pixels
+        idx = pairs["image_index"]
+        pair_enc = model.encode(batch.pixel_values[idx], batch.pixel_mask[idx], pairs["input_ids"],
+                                pairs["attention_mask"], pairs["token_type_ids"])
+        extra = F.cross_entropy(model.itm_logits(pair_enc), pairs["labels"], reduction="none")
+    torch.testing.assert_close(out["itm"], torch.cat([main, extra]).mean())

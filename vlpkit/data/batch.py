@@ -45,6 +45,9 @@ class Batch:
         targets: one dict per image (``"boxes"`` normalised cxcywh ``[N, 4]``, ``"labels"`` ``[N]``, ...).
         mlm_labels: ``[B, L]`` long, -100 where no MLM target (masked language modelling).
         itm_labels: ``[B]`` long, 1 = matching pair (image-text matching).
+        itm_pairs: extra image-text matching rows that reuse the batch's images (pretraining with
+            ``itm_extra_negatives``): ``"image_index"`` ``[R]`` (row of the batch), ``"input_ids"``,
+            ``"attention_mask"``, ``"token_type_ids"`` ``[R, L']``, ``"labels"`` ``[R]`` (1 = matching).
         caption_ids: ``[B, T]`` long decoder token ids (captioning / image-to-text generation).
         caption_mask: ``[B, T]`` long, 1 = real token.
         answer_scores: ``[B, A]`` float soft answer scores (VQA).
@@ -60,6 +63,7 @@ class Batch:
     targets: list[dict]
     mlm_labels: torch.Tensor | None = None
     itm_labels: torch.Tensor | None = None
+    itm_pairs: dict[str, torch.Tensor] | None = None
     caption_ids: torch.Tensor | None = None
     caption_mask: torch.Tensor | None = None
     answer_scores: torch.Tensor | None = None

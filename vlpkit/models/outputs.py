@@ -26,6 +26,12 @@ class ImageEmbedding:
     def __len__(self) -> int:
         return self.features.shape[0]
 
+    def select(self, index: torch.Tensor) -> ImageEmbedding:
+        """Rows `index` ([R] long; an image may appear several times, once per text it is paired with)."""
+        index = index.to(self.features.device)
+        return ImageEmbedding(self.features.index_select(0, index), self.pos.index_select(0, index),
+                              self.padding_mask.index_select(0, index), self.grid_size)
+
 
 @dataclass
 class EncoderOutput:

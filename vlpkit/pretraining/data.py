@@ -129,11 +129,19 @@ class PretrainingCollator:
       -100 where ITM does not apply or no such other sample is in the batch;
     - MLM: BERT masking of the encoder text (`vlpkit.data.masking.mask_tokens`); labels only on matched pairs of
       sources serving "mlm" (predicting a mismatched caption from the image would teach noise).
+    - extra ITM pairs (`itm_extra_negatives` = K > 0; not in the paper): each sample with an ITM row also gets
+      `batch.itm_pairs` rows that reuse its image features: its own caption (label 1) and the captions of K other
+      ITM samples of the batch (label 0; distinct samples, skipping captions equal to its own), all unmasked.
+      They multiply the pairs per step by about K + 2 for the cost of encoder rows only.
     Draws are seeded by the batch's (seed, epoch, sample indices) through the samples' targets.
     """
 
     def __init__(self, tokenizer, max_length: int = 40, mlm_probability: float = 0.15, p_negative: float = 0.5,
-                 seed: int = 0, pad_to_multiple_of: int | None = None) -> None:
+                 seed: int = 0, pad_to_multiple_of: int | None = None, itm_extra_negatives: int = 0) -> None:
+        if isinstance(itm_extra_negatives, bool) or not isinstance(itm_extra_negatives, int) \
+                or itm_extra_negatives < 0:
+            raise ValueError(f"itm_extra_negatives={itm_extra_negatives!r}; expected an integer >= 0")
+        self.itm_extra_negatives = itm_extra_negatives
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.mlm_probability = mlm_probability
@@ -169,7 +177,26 @@ class PretrainingCollator:
         caption_ids, _, _ = collate_texts(list(captions), self.tokenizer, self.max_length)
         no_caption = torch.tensor(["caption" not in t["tasks"] for t in targets])
         caption_ids[no_caption, 1:] = self.tokenizer.pad_token_id
+        # drawn last, so that itm_extra_negatives=0 leaves every other draw as it was
+        itm_pairs = self._extra_pairs(rng, keys, captions, itm) if self.itm_extra_negatives else None
         return Batch(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=masked_ids,
                      attention_mask=attention_mask, token_type_ids=token_type_ids, targets=list(targets),
-                     mlm_labels=mlm_labels, itm_labels=torch.tensor(itm), caption_ids=caption_ids,
+                     mlm_labels=mlm_labels, itm_labels=torch.tensor(itm), itm_pairs=itm_pairs,
+                     caption_ids=caption_ids,
                      meta=[{"caption": c, "text": x, "image_key": k} for c, x, k in zip(captions, texts, keys)])
+
+    def _extra_pairs(self, rng: random.Random, keys, captions, itm) -> dict[str, torch.Tensor] | None:
+        rows: list[tuple[int, str, int]] = []
+        for i, label in enumerate(itm):
+            if label == IGNORE_INDEX:  # no ITM for this sample, or no other ITM sample in the batch
+                continue
+            own = captions[i].strip().lower()
+            others = [j for j, lab in enumerate(itm) if lab != IGNORE_INDEX and keys[j] != keys[i]
+                      and captions[j].strip().lower() != own]
+            rows.append((i, captions[i], 1))
+            rows += [(i, captions[j], 0) for j in rng.sample(others, min(self.itm_extra_negatives, len(others)))]
+        if not rows:
+            return None
+        ids, mask, types = collate_texts([text for _, text, _ in rows], self.tokenizer, self.max_length)
+        return {"image_index": torch.tensor([i for i, _, _ in rows]), "input_ids": ids, "attention_mask": mask,
+                "token_type_ids": types, "labels": torch.tensor([label for _, _, label in rows])}

@@ -4,7 +4,9 @@ One backbone pass per step serves two encodings of each image:
 - `[CLS] text [SEP] grid`, where the text is the (masked) caption or, for ITM negatives, another image's caption:
   the MLM, ITM and detection (+ attribute) heads read it;
 - `[CLS] [SEP] grid` (the image alone): the decoder generates the caption from it, so it never sees the caption
-  it predicts (tests/models/test_caption_leak.py).
+  it predicts (tests/models/test_caption_leak.py);
+- with `data.itm_extra_negatives` > 0 (not in the paper), the extra ITM rows of `batch.itm_pairs`, on the same
+  image features; their cross-entropy joins the ITM term, which stays a mean over all ITM rows.
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ class PretrainingObjective(nn.Module):
             enc = model.encode(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                token_type_ids=batch.token_type_ids, image=image)
         mlm_count = int((batch.mlm_labels != -100).sum()) if self.enabled("mlm") else 0
+        pairs = batch.itm_pairs if self.enabled("itm") else None
         itm_count = int((batch.itm_labels != -100).sum()) if self.enabled("itm") else 0
+        itm_count += len(pairs["labels"]) if pairs is not None else 0
         cap_count = 0
         if self.enabled("caption"):
             cap_count = int((batch.caption_ids[:, 1:] != self.pad_token_id).sum())
@@ -112,8 +116,15 @@ class PretrainingObjective(nn.Module):
             out["mlm"] = F.cross_entropy(logits.flatten(0, 1), batch.mlm_labels.flatten(), ignore_index=-100,
                                          reduction="sum") / n_mlm
         if self.enabled("itm"):
-            out["itm"] = F.cross_entropy(model.itm_logits(enc).float(), batch.itm_labels, ignore_index=-100,
-                                         reduction="sum") / n_itm
+            itm_sum = F.cross_entropy(model.itm_logits(enc).float(), batch.itm_labels, ignore_index=-100,
+                                      reduction="sum")
+            if pairs is not None:  # extra rows on the same image features (PretrainingCollator)
+                pair_enc = model.encode(input_ids=pairs["input_ids"], attention_mask=pairs["attention_mask"],
+                                        token_type_ids=pairs["token_type_ids"],
+                                        image=image.select(pairs["image_index"]))
+                itm_sum = itm_sum + F.cross_entropy(model.itm_logits(pair_enc).float(), pairs["labels"],
+                                                    reduction="sum")
+            out["itm"] = itm_sum / n_itm
         if self.enabled("detection"):
             out.update(self._detection(model, enc, batch))
         if self.enabled("caption"):

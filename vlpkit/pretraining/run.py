@@ -223,7 +223,8 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
     dataset = PretrainingDataset(sources, train_tf, seed=trainer_cfg.seed)
     collator = PretrainingCollator(tokenizer, max_length=model.config.max_text_length,
                                    mlm_probability=float(data_cfg.get("mlm_probability", 0.15)),
-                                   p_negative=float(data_cfg.get("itm_negative_rate", 0.5)), seed=trainer_cfg.seed)
+                                   p_negative=float(data_cfg.get("itm_negative_rate", 0.5)), seed=trainer_cfg.seed,
+                                   itm_extra_negatives=int(data_cfg.get("itm_extra_negatives", 0)))
     out = Path(trainer_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")

@@ -161,9 +161,7 @@ def text_inputs(texts: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_T
 
 def select_images(image: ImageEmbedding, index: torch.Tensor) -> ImageEmbedding:
     """Rows `index` of an `embed_image` result (an image may appear several times, once per pair)."""
-    index = index.to(image.features.device)
-    return ImageEmbedding(image.features.index_select(0, index), image.pos.index_select(0, index),
-                          image.padding_mask.index_select(0, index), image.grid_size)
+    return image.select(index)
 
 
 class RetrievalHead(nn.Module):

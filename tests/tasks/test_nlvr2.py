@@ -169,6 +169,25 @@ def test_predictions_file_is_official_and_matches_the_in_loop_accuracy(tmp_path,
     assert out["consistency"] == pytest.approx(100 * official.consistency) == 0.0  # pair 1 is in every group
 
 
+def test_shapes_splits_report_accuracy_per_statement_family(tmp_path, setup, data, model):
+    split = data.eval["dev"]
+    families = json.loads(setup.world.scenes("nlvr2_dev").read_text())["statement_families"]
+    assert split.groups == families
+    out = evaluate_nlvr2(LabelOracle(model.e2evlp, model.tokenizer, **SIZE), model.tokenizer, split, "dev")
+    records = [json.loads(line) for line in split.jsonl.read_text().splitlines() if line.strip()]
+    expected: dict[str, list[bool]] = {}
+    for r in records:  # the oracle is right everywhere except on pair 1 of each set
+        expected.setdefault(families[r["identifier"]], []).append(r["identifier"].split("-")[2] != "1")
+    assert len(expected) >= 2
+    for family, hits in expected.items():
+        assert out[f"examples_{family}"] == len(hits)
+        assert out[f"accuracy_{family}"] == pytest.approx(100 * sum(hits) / len(hits))
+    assert sum(out[f"examples_{f}"] for f in expected) == out["num_examples"]
+    partial = NLVR2Split(split.jsonl, split.image_root, {k: v for k, v in list(families.items())[1:]})
+    with pytest.raises(ValueError, match="no group"):
+        evaluate_nlvr2(model, model.tokenizer, partial, "dev")
+
+
 class AlwaysTrue(NLVR2Model):
     def forward(self, batch):
         logits = torch.tensor([[0.0, 1.0]]).expand(batch.input_ids.shape[0], 2)

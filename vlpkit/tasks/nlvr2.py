@@ -18,6 +18,7 @@ Images are never flipped: "left"/"right" name the two images, not positions insi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,10 +91,13 @@ class NLVR2Config(TaskConfig):
 # ---- data ------------------------------------------------------------------------------------------------
 @dataclass
 class NLVR2Split:
-    """One NLVR2 split: the official JSON-lines file and its image folder (`images/train`, `dev`, `test1`)."""
+    """One NLVR2 split: the official JSON-lines file and its image folder (`images/train`, `dev`, `test1`), and
+    optionally a group per identifier (the shapes world's statement families), by which accuracy is also
+    reported."""
 
     jsonl: Path
     image_root: Path
+    groups: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.jsonl, self.image_root = Path(self.jsonl), Path(self.image_root)
@@ -120,7 +124,9 @@ class NLVR2Data(TaskData):
         stats = world.stats()["nlvr2"]
 
         def split(name: str) -> NLVR2Split:
-            return NLVR2Split(world.nlvr2(name), world.nlvr2_image_dir(name))
+            scenes = world.scenes(f"nlvr2_{name}")
+            families = json.loads(scenes.read_text()).get("statement_families") if scenes.is_file() else None
+            return NLVR2Split(world.nlvr2(name), world.nlvr2_image_dir(name), families)
 
         evals = {s: split(s) for s in ("dev", "test1") if stats.get(s, {}).get("num_statements")}
         baselines = {s: {"majority_label": 100 * stats[s]["majority_accuracy"]} for s in evals}
@@ -335,7 +341,10 @@ def evaluate_nlvr2(model: NLVR2Model, tokenizer, data: NLVR2Split, split: str = 
         transforms: the image transform (default: `model.eval_transforms`).
     Returns:
         {"split", "num_examples", "accuracy", "consistency" (official, in percent), "in_loop_accuracy" (percent,
-        from the labels seen in the loop), "predictions_file" (when written)}.
+        from the labels seen in the loop), "predictions_file" (when written), and with `data.groups`
+        "accuracy_<group>" (percent) and "examples_<group>" (count) for every group}.
+    Raises:
+        ValueError: `data.groups` lacks some identifier of the split (named).
     """
     dataset = data.dataset(transforms if transforms is not None else model.eval_transforms)
     pred = predict_nlvr2(model, dataset, tokenizer, batch_size, num_workers)
@@ -353,6 +362,16 @@ def evaluate_nlvr2(model: NLVR2Model, tokenizer, data: NLVR2Split, split: str = 
     out["consistency"] = 100 * result.consistency
     correct = sum(p == y for p, y in zip(pred["predictions"], pred["labels"]))
     out["in_loop_accuracy"] = 100 * correct / max(len(predictions), 1)
+    if data.groups is not None:
+        missing = [i for i in pred["identifiers"] if i not in data.groups]
+        if missing:
+            raise ValueError(f"NLVR2 {split}: {len(missing)} identifier(s) have no group, e.g. {missing[:3]}")
+        hits: dict[str, list[bool]] = {}
+        for ident, p, y in zip(pred["identifiers"], pred["predictions"], pred["labels"]):
+            hits.setdefault(data.groups[ident], []).append(p == y)
+        for group, h in sorted(hits.items()):  # flat keys, as VQA's accuracy_<answer type>
+            out[f"accuracy_{group}"] = 100 * sum(h) / len(h)
+            out[f"examples_{group}"] = len(h)
     return out
 
 

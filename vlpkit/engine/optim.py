@@ -1,5 +1,5 @@
-"""AdamW with parameter groups (DETR's two: backbone and the rest; optionally more, by name prefix) and the learning-rate schedule: linear warm-up, then x`gamma`
-at every epoch listed in `lr_drop_epochs`.
+"""AdamW with parameter groups (DETR's two, backbone and the rest, and optionally more by name prefix) and the
+learning-rate schedule: linear warm-up, then x`gamma` at every epoch listed in `lr_drop_epochs`.
 
 The schedule is a pure function of the optimizer step, `lr_factor(step, ...)`, so it is the same after a resume
 and can be checked against torch's own `LinearLR` + `MultiStepLR`.

@@ -16,6 +16,7 @@ from vlpkit.data.masking import (
     SpecialTokenIds,
     make_itm_pairs,
     mask_tokens,
+    normalise_caption,
     special_token_ids,
 )
 from vlpkit.data.tokenization import train_wordpiece
@@ -223,3 +224,9 @@ def test_itm_mapping_input_seeded_and_extremes():
 def test_itm_errors(captions, p, error, match):
     with pytest.raises(error, match=match):
         make_itm_pairs(captions, random.Random(0), p_negative=p)
+
+
+def test_normalise_caption_ignores_case_punctuation_and_spacing_only():
+    assert normalise_caption("There are five shapes in the image.") == "there are five shapes in the image"
+    assert normalise_caption("  a RED circle,left of a square ") == normalise_caption("a red circle left of a square")
+    assert normalise_caption("a red circle") != normalise_caption("a red circles")

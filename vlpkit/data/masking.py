@@ -11,6 +11,7 @@ of a *different* image (label 0).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ __all__ = [
     "SpecialTokenIds",
     "make_itm_pairs",
     "mask_tokens",
+    "normalise_caption",
     "special_token_ids",
 ]
 
@@ -146,6 +148,13 @@ class ItmPair(NamedTuple):
     text: str
     label: int
     text_image_index: int
+
+
+def normalise_caption(text: str) -> str:
+    """The form in which two captions count as the same text: lowercased, punctuation dropped, whitespace
+    collapsed. Negatives whose caption equals one of the anchor's own would be false negatives (generic captions
+    such as "There are five shapes in the image." recur across images)."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 class ItmSampler:

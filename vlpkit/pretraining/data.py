@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.batch import Batch, collate_images, collate_texts
-from ..data.masking import IGNORE_INDEX, mask_tokens
+from ..data.masking import IGNORE_INDEX, mask_tokens, normalise_caption
 
 TASKS = ("mlm", "itm", "detection", "attributes", "caption")
 
@@ -131,7 +131,8 @@ class PretrainingCollator:
       sources serving "mlm" (predicting a mismatched caption from the image would teach noise).
     - extra ITM pairs (`itm_extra_negatives` = K > 0; not in the paper): each sample with an ITM row also gets
       `batch.itm_pairs` rows that reuse its image features: its own caption (label 1) and the captions of K other
-      ITM samples of the batch (label 0; distinct samples, skipping captions equal to its own), all unmasked.
+      ITM samples of the batch (label 0; distinct samples, skipping captions equal to its own under
+      `normalise_caption`), all unmasked.
       They multiply the pairs per step by about K + 2 for the cost of encoder rows only.
     Draws are seeded by the batch's (seed, epoch, sample indices) through the samples' targets.
     """
@@ -187,12 +188,10 @@ class PretrainingCollator:
 
     def _extra_pairs(self, rng: random.Random, keys, captions, itm) -> dict[str, torch.Tensor] | None:
         rows: list[tuple[int, str, int]] = []
-        for i, label in enumerate(itm):
-            if label == IGNORE_INDEX:  # no ITM for this sample, or no other ITM sample in the batch
-                continue
-            own = captions[i].strip().lower()
-            others = [j for j, lab in enumerate(itm) if lab != IGNORE_INDEX and keys[j] != keys[i]
-                      and captions[j].strip().lower() != own]
+        eligible = [i for i, label in enumerate(itm) if label != IGNORE_INDEX]  # ITM samples with a partner
+        texts = {i: normalise_caption(captions[i]) for i in eligible}
+        for i in eligible:
+            others = [j for j in eligible if keys[j] != keys[i] and texts[j] != texts[i]]
             rows.append((i, captions[i], 1))
             rows += [(i, captions[j], 0) for j in rng.sample(others, min(self.itm_extra_negatives, len(others)))]
         if not rows:

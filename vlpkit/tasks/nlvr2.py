@@ -123,12 +123,14 @@ class NLVR2Data(TaskData):
         world = setup.world
         stats = world.stats()["nlvr2"]
 
-        def split(name: str) -> NLVR2Split:
+        def split(name: str, families: bool = False) -> NLVR2Split:
+            # statement families only where accuracy is reported (the scene files also hold every image's scene)
             scenes = world.scenes(f"nlvr2_{name}")
-            families = json.loads(scenes.read_text()).get("statement_families") if scenes.is_file() else None
-            return NLVR2Split(world.nlvr2(name), world.nlvr2_image_dir(name), families)
+            groups = json.loads(scenes.read_text()).get("statement_families") if families and scenes.is_file() \
+                else None
+            return NLVR2Split(world.nlvr2(name), world.nlvr2_image_dir(name), groups)
 
-        evals = {s: split(s) for s in ("dev", "test1") if stats.get(s, {}).get("num_statements")}
+        evals = {s: split(s, families=True) for s in ("dev", "test1") if stats.get(s, {}).get("num_statements")}
         baselines = {s: {"majority_label": 100 * stats[s]["majority_accuracy"]} for s in evals}
         return cls(split("train"), evals, setup.tokenizer, "shapes", baselines)
 

@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME
 from ..config import E2EVLPConfig
 from ..data.batch import Batch, collate_images, collate_texts
+from ..data.masking import normalise_caption
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..losses.circle import circle_loss
@@ -159,11 +159,6 @@ def text_inputs(texts: Sequence[str], tokenizer, max_length: int = DEFAULT_MAX_T
     return TextInputs(*collate_texts(list(texts), tokenizer, max_length))
 
 
-def select_images(image: ImageEmbedding, index: torch.Tensor) -> ImageEmbedding:
-    """Rows `index` of an `embed_image` result (an image may appear several times, once per pair)."""
-    return image.select(index)
-
-
 class RetrievalHead(nn.Module):
     """[B, d] fused [CLS] state -> [B] matching logit: BERT pooler (dense + tanh), then a linear layer to one unit."""
 
@@ -242,7 +237,7 @@ class RetrievalModel(TaskModel):
         device = image.features.device
         ids, mask, types = texts.select(text_index, device)
         return self.score(self.e2evlp.encode(input_ids=ids, attention_mask=mask, token_type_ids=types,
-                                             image=select_images(image, image_index)))
+                                             image=image.select(image_index)))
 
     def forward(self, batch: Batch) -> TaskOutput:
         """`TaskOutput(logits=[B])`: the matching logits of the row-aligned pairs (image b, text b) of `batch`."""
@@ -328,15 +323,11 @@ class RetrievalCollator:
                            for s in samples])
 
 
-def _normalise(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
 def negative_mask(meta: Sequence[dict]) -> torch.Tensor:
     """[B, B] bool: True where (image i, text j) is a negative pair, i.e. another image whose caption text_j is
     none of image i's own captions (compared lowercased, without punctuation)."""
-    own = [{_normalise(c) for c in m["captions"]} | {_normalise(m["text"])} for m in meta]
-    texts = [_normalise(m["text"]) for m in meta]
+    own = [{normalise_caption(c) for c in m["captions"]} | {normalise_caption(m["text"])} for m in meta]
+    texts = [normalise_caption(m["text"]) for m in meta]
     ids = [m["image_id"] for m in meta]
     return torch.tensor([[ids[i] != ids[j] and texts[j] not in own[i] for j in range(len(meta))]
                          for i in range(len(meta))], dtype=torch.bool)

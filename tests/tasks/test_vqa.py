@@ -220,6 +220,28 @@ def test_results_file_is_official_and_its_score_equals_the_in_loop_accuracy(tmp_
     assert set(blind) == {"split", "num_questions", "results_file"} and blind["num_questions"] == len(questions)
 
 
+def test_shapes_splits_report_accuracy_per_question_family(tmp_path, setup, data, vocab, model):
+    split = data.eval["val"]
+    images = json.loads(setup.world.scenes("val").read_text())["images"]
+    families = {q: f for im in images for q, f in zip(im["question_ids"], im["question_families"])}
+    assert split.groups == families and data.train[0].groups is None
+    oracle = AnnotatorOracle(model.e2evlp, vocab, model.tokenizer, **SIZE)
+    out = evaluate_vqa(oracle, model.tokenizer, split, "val", tmp_path)
+    official = official_vqa(split.annotations, split.questions, out["results_file"])
+    expected: dict[str, list[float]] = {}
+    for qid, acc in official.per_question.items():
+        expected.setdefault(families[qid], []).append(acc)
+    assert len(expected) >= 3 and len({round(sum(v) / len(v)) for v in expected.values()}) >= 2
+    for family, accs in expected.items():
+        assert out[f"questions_family_{family}"] == len(accs)
+        assert out[f"accuracy_family_{family}"] == pytest.approx(sum(accs) / len(accs))
+    assert sum(out[f"questions_family_{f}"] for f in expected) == out["num_questions"]
+    partial = VQASplit(split.questions, split.annotations, split.image_root, split.image_name,
+                       {q: f for q, f in list(families.items())[1:]})
+    with pytest.raises(ValueError, match="no group"):
+        evaluate_vqa(oracle, model.tokenizer, partial, "val")
+
+
 def test_data_description_file(tmp_path, setup):
     world = setup.world
     desc = {"train": {"questions": str(world.vqa_questions("train")), "annotations": str(world.vqa_annotations("train")),

@@ -120,12 +120,15 @@ class VQASplit:
         image_root: the folder of the split's images.
         image_name: file-name pattern with `{image_id}` (e.g. `"shapes_val_{image_id:012d}.png"`); None: COCO's
             `COCO_<data_subtype>_<id:012d>.jpg`.
+        groups: optionally a group per question id (the shapes world's question families), by which accuracy is
+            also reported.
     """
 
     questions: Path
     annotations: Path | None
     image_root: Path
     image_name: str | None = None
+    groups: Mapping[int, str] | None = None
 
     def __post_init__(self) -> None:
         self.questions = Path(self.questions)
@@ -160,14 +163,20 @@ class VQAData(TaskData):
         """train -> train; val and test -> evaluation; the world's tokenizer; baselines from `stats.json`."""
         world = setup.world
 
-        def split(name: str) -> VQASplit:
+        def split(name: str, families: bool = False) -> VQASplit:
+            # question families only where accuracy is reported
+            scenes = world.scenes(name)
+            groups = None
+            if families and scenes.is_file():
+                groups = {int(q): f for image in json.loads(scenes.read_text())["images"]
+                          for q, f in zip(image["question_ids"], image["question_families"])}
             return VQASplit(world.vqa_questions(name), world.vqa_annotations(name), world.image_dir(name),
-                            f"shapes_{name}_{{image_id:012d}}.png")
+                            f"shapes_{name}_{{image_id:012d}}.png", groups)
 
         stats = world.stats()["vqa"]
         baselines = {s: _shapes_baselines(stats[s]) for s in ("val", "test") if stats.get(s, {}).get("num_questions")}
-        return cls([split("train")], {"val": split("val"), "test": split("test")}, setup.tokenizer, None, "shapes",
-                   baselines)
+        return cls([split("train")], {"val": split("val", True), "test": split("test", True)}, setup.tokenizer,
+                   None, "shapes", baselines)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path = ".") -> VQAData:
@@ -442,7 +451,11 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
         accuracies in percent: "accuracy", "accuracy_<answer type>" (e.g. "accuracy_yes/no"), plus
         "soft_score_accuracy": the in-loop mean soft target score of the predicted answers, in percent. The two
         agree except on questions whose 10 raw answers are identical but not normalised (e.g. "Yes" x 10), which
-        the official evaluator compares unnormalised.
+        the official evaluator compares unnormalised. With `data.groups` (annotated splits), also
+        "accuracy_family_<group>" (the mean official accuracy of its questions, percent) and
+        "questions_family_<group>" (count) for every group.
+    Raises:
+        ValueError: `data.groups` lacks some question id of the split (named).
     """
     dataset = data.dataset(model.answer_vocab, transforms if transforms is not None else model.eval_transforms)
     pred = predict_vqa(model, dataset, tokenizer, batch_size, num_workers)
@@ -459,6 +472,23 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
         out["accuracy"] = scores.overall
         out.update({f"accuracy_{t}": v for t, v in sorted(scores.per_answer_type.items())})
         out["soft_score_accuracy"] = 100 * sum(pred["soft_scores"]) / max(len(results), 1)
+        if data.groups is not None:
+            out.update(_group_accuracies(scores.per_question, data.groups, split))
+    return out
+
+
+def _group_accuracies(per_question: Mapping[int, float], groups: Mapping[int, str], split: str) -> dict[str, Any]:
+    """{"accuracy_family_<g>": mean official accuracy (percent), "questions_family_<g>": count} per group."""
+    missing = [q for q in per_question if int(q) not in groups]
+    if missing:
+        raise ValueError(f"VQA {split}: {len(missing)} question id(s) have no group, e.g. {sorted(missing)[:3]}")
+    hits: dict[str, list[float]] = {}
+    for q, acc in per_question.items():
+        hits.setdefault(groups[int(q)], []).append(acc)
+    out: dict[str, Any] = {}
+    for group, accs in sorted(hits.items()):
+        out[f"accuracy_family_{group}"] = sum(accs) / len(accs)
+        out[f"questions_family_{group}"] = len(accs)
     return out
 
 

@@ -15,7 +15,7 @@ from vlpkit.data.vocab import Vocab
 from vlpkit.engine import TrainerConfig
 from vlpkit.pretraining.shapes import prepare_shapes
 from vlpkit.tasks import TASKS, TaskOutput, evaluate
-from vlpkit.tasks.base import BACKBONE_PREFIX, load_finetuned, task_module
+from vlpkit.tasks.base import BACKBONE_PREFIX, load_finetuned, mean_by_group, task_module
 from vlpkit.tasks.captioning import CaptioningConfig, CaptionModel
 from vlpkit.tasks.detection import CLASS_HEAD, DetectionConfig, DetectionModel
 from vlpkit.tasks.nlvr2 import NLVR2Config, NLVR2Model
@@ -136,3 +136,13 @@ def test_every_task_name_reaches_its_module():
         assert callable(getattr(mod, f"finetune_{module}")) and mod.CONFIG_CLASS in CONFIGS
     with pytest.raises(ValueError, match="unknown task 'vqa2'"):
         evaluate("vqa2", "anywhere")
+
+
+def test_mean_by_group_sorts_groups_and_names_ungrouped_ids():
+    values = {"a": 1.0, "b": 0.0, "c": 0.5, "d": 1.0}
+    groups = {"a": "y", "b": "x", "c": "y", "d": "y", "unused": "z"}
+    out = mean_by_group(values, groups, "split dev")
+    assert list(out) == ["x", "y"]
+    assert out["x"] == (0.0, 1) and out["y"] == (pytest.approx(2.5 / 3), 3)
+    with pytest.raises(ValueError, match=r"split dev: 1 id\(s\) have no group, e.g. \['d'\]"):
+        mean_by_group(values, {k: v for k, v in groups.items() if k != "d"}, "split dev")

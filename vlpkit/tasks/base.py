@@ -194,6 +194,22 @@ def eval_split(splits: Mapping[str, Any], name: str, task: str, aliases: Mapping
     return name, splits[name]
 
 
+def mean_by_group(values: Mapping[Any, float], groups: Mapping[Any, str], where: str) -> dict[str, tuple[float, int]]:
+    """{group: (mean of its values, count)}, groups sorted by name, for per-example `values` ({id: value}) and
+    `groups` ({id: group}); `where` names the split in the error.
+
+    Raises:
+        ValueError: some id of `values` has no group (the first few are named).
+    """
+    missing = [i for i in values if i not in groups]
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} id(s) have no group, e.g. {missing[:3]}")
+    by_group: dict[str, list[float]] = {}
+    for i, value in values.items():
+        by_group.setdefault(groups[i], []).append(value)
+    return {g: (sum(v) / len(v), len(v)) for g, v in sorted(by_group.items())}
+
+
 # ---- tokenizers ----------------------------------------------------------------------------------------------
 def find_tokenizer(checkpoint) -> Any:
     """The tokenizer saved with a checkpoint folder: `<checkpoint>/tokenizer`, or `<checkpoint>/../tokenizer`

@@ -50,6 +50,7 @@ from .base import (
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
+    mean_by_group,
     write_json,
 )
 
@@ -365,15 +366,10 @@ def evaluate_nlvr2(model: NLVR2Model, tokenizer, data: NLVR2Split, split: str = 
     correct = sum(p == y for p, y in zip(pred["predictions"], pred["labels"]))
     out["in_loop_accuracy"] = 100 * correct / max(len(predictions), 1)
     if data.groups is not None:
-        missing = [i for i in pred["identifiers"] if i not in data.groups]
-        if missing:
-            raise ValueError(f"NLVR2 {split}: {len(missing)} identifier(s) have no group, e.g. {missing[:3]}")
-        hits: dict[str, list[bool]] = {}
-        for ident, p, y in zip(pred["identifiers"], pred["predictions"], pred["labels"]):
-            hits.setdefault(data.groups[ident], []).append(p == y)
-        for group, h in sorted(hits.items()):  # flat keys, as VQA's accuracy_<answer type>
-            out[f"accuracy_{group}"] = 100 * sum(h) / len(h)
-            out[f"examples_{group}"] = len(h)
+        hits = {i: float(p == y) for i, p, y in zip(pred["identifiers"], pred["predictions"], pred["labels"])}
+        for group, (mean, count) in mean_by_group(hits, data.groups, f"NLVR2 {split}").items():
+            out[f"accuracy_{group}"] = 100 * mean  # flat keys, as VQA's accuracy_<answer type>
+            out[f"examples_{group}"] = count
     return out
 
 

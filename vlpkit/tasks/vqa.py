@@ -57,6 +57,7 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
+    mean_by_group,
     task_trainer_config,
     tokenizer_overrides,
     write_json,
@@ -473,22 +474,9 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
         out.update({f"accuracy_{t}": v for t, v in sorted(scores.per_answer_type.items())})
         out["soft_score_accuracy"] = 100 * sum(pred["soft_scores"]) / max(len(results), 1)
         if data.groups is not None:
-            out.update(_group_accuracies(scores.per_question, data.groups, split))
-    return out
-
-
-def _group_accuracies(per_question: Mapping[int, float], groups: Mapping[int, str], split: str) -> dict[str, Any]:
-    """{"accuracy_family_<g>": mean official accuracy (percent), "questions_family_<g>": count} per group."""
-    missing = [q for q in per_question if int(q) not in groups]
-    if missing:
-        raise ValueError(f"VQA {split}: {len(missing)} question id(s) have no group, e.g. {sorted(missing)[:3]}")
-    hits: dict[str, list[float]] = {}
-    for q, acc in per_question.items():
-        hits.setdefault(groups[int(q)], []).append(acc)
-    out: dict[str, Any] = {}
-    for group, accs in sorted(hits.items()):
-        out[f"accuracy_family_{group}"] = sum(accs) / len(accs)
-        out[f"questions_family_{group}"] = len(accs)
+            for group, (mean, count) in mean_by_group(scores.per_question, data.groups, f"VQA {split}").items():
+                out[f"accuracy_family_{group}"] = mean  # per-question accuracies are already in percent
+                out[f"questions_family_{group}"] = count
     return out
 
 

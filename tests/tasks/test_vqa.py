@@ -280,3 +280,24 @@ def test_short_finetuning_lowers_the_loss_and_trains_the_encoder(tmp_path, setup
     assert {"majority_yes/no", "majority_per_question_type"} <= set(saved["baselines"]["val"])
     assert (tmp_path / "run" / "results" / "vqa_OpenEnded_shapes_test_e2evlp_results.json").is_file()
     assert isinstance(VQAModel.from_pretrained(tmp_path / "run" / "model").e2evlp, E2EVLP)
+
+
+def test_frozen_trunk_finetuning_leaves_the_trunk_and_reuses_its_features(tmp_path, setup):
+    torch.manual_seed(0)
+    fresh = build_e2evlp("e2evlp-tiny", **setup.model_overrides())
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    cfg = VQAConfig(batch_size=8, lr=5e-4, lr_drop_epochs=[], answer_min_count=1, train_scales=[64],
+                    frozen_trunk=True, **SIZE)
+    report = finetune_vqa(fresh, setup, tmp_path / "run", cfg,
+                          {"max_steps": 12, "progress_bar": False, "save_every": 0, "log_every": 1})
+    after = fresh.state_dict()
+    frozen = [k for k in before if k.startswith("backbone.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # weights and BatchNorm statistics
+    assert not torch.equal(before["encoder.layers.0.self_attn.q_proj.weight"],
+                           after["encoder.layers.0.self_attn.q_proj.weight"])
+    stats = report["trunk_cache"]
+    images = len({q["image_id"] for q in json.loads(setup.world.vqa_questions("train").read_text())["questions"]})
+    # 12 steps x 8 questions from `images` training images, plus val and test (the train scale is the eval size)
+    assert stats["evictions"] == 0 and stats["hits"] > 0
+    assert stats["entries"] == stats["misses"] and images <= stats["entries"]
+    assert report["train_loss_last"] < report["train_loss_first"]

@@ -60,6 +60,8 @@ class E2EVLP(nn.Module):
         self.detection_head = detection_head
         self.caption_head = caption_head
         self.reference_points = reference_points  # [Q, 2] logits; only with config.detection_spatial_prior
+        # set by `vlpkit.models.feature_cache.freeze_trunk`: a frozen backbone memoised per image (not a module)
+        self.feature_cache = None
 
     # ---- encoding ---------------------------------------------------------------------------------------
     def embed_image(self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None) -> ImageEmbedding:
@@ -72,7 +74,8 @@ class E2EVLP(nn.Module):
             ImageEmbedding with features/pos [B, H/32 * W/32, d] (ceil).
         """
         self._check_image(pixel_values, pixel_mask)
-        features, grid_mask = self.backbone(pixel_values, pixel_mask)
+        extract = self.backbone if self.feature_cache is None else self.feature_cache
+        features, grid_mask = extract(pixel_values, pixel_mask)
         pos = self.position_encoding(grid_mask).to(features.dtype)
         return ImageEmbedding(features.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2),
                               ~grid_mask.flatten(1), tuple(features.shape[-2:]))

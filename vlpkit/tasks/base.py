@@ -38,6 +38,7 @@ from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..engine import Trainer, TrainerConfig
 from ..inference import LABELS_NAME, locate_pretrained
 from ..models import E2EVLP
+from ..models.feature_cache import GridFeatureCache, freeze_trunk
 
 logger = logging.getLogger(__name__)
 
@@ -359,6 +360,27 @@ def load_finetuned(model_cls: type[TaskModel], config_cls: type, path: str | Pat
 
 
 # ---- fine-tuning flows ---------------------------------------------------------------------------------------
+def apply_frozen_trunk(model: TaskModel, config) -> GridFeatureCache | None:
+    """With `config.frozen_trunk` (not the paper's recipe, which fine-tunes the trunk at `backbone_lr`): freeze
+    the model's ResNet and 1x1 projection and cache their features per image (`vlpkit.models.feature_cache`).
+    Returns the cache, or None when the trunk trains."""
+    if not getattr(config, "frozen_trunk", False):
+        return None
+    cache = freeze_trunk(model.e2evlp, config.trunk_cache_megabytes)
+    logger.info("trunk frozen; grid features cached per image (at most %.0f MB)", config.trunk_cache_megabytes)
+    return cache
+
+
+def log_trunk_cache(cache: GridFeatureCache | None) -> dict[str, float] | None:
+    """The cache's `stats()` (also logged), or None without a frozen trunk."""
+    if cache is None:
+        return None
+    stats = cache.stats()
+    logger.info("trunk feature cache: %d hits, %d misses, %d evictions, %d images, %.1f MB", stats["hits"],
+                stats["misses"], stats["evictions"], stats["entries"], stats["megabytes"])
+    return stats
+
+
 def carry_labels(checkpoint, model_dir: Path) -> Path | None:
     """Copy the pretraining run's `labels.json` (object and attribute names) into a fine-tuned model folder, so
     that `E2EVLPPredictor.from_pretrained(model_dir).detect(...)` names what it finds. Returns the copy, or None
@@ -404,6 +426,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
             def eval_fn(m):
                 r = evaluate(m, tokenizer, split, name, batch_size=config.eval_batch_size)
                 return {k: v for k, v in r.items() if isinstance(v, float)}
+    cache = apply_frozen_trunk(model, config)
     trainer = Trainer(model, loss_fn, train_set, collator, trainer_cfg, eval_fn=eval_fn)
     history = trainer.train(resume=resume)
 
@@ -418,6 +441,8 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
         report = {"task": task, "config": config.to_dict(), **dict(extra or {}), "train_steps": len(history),
                   "train_loss_first": first, "train_loss_last": last, "metrics": metrics,
                   "baselines": data.baselines}
+        if cache is not None:
+            report["trunk_cache"] = log_trunk_cache(cache)
         write_json(output_dir / "metrics.json", report)
         for name, m in metrics.items():
             logger.info("%s %s: %s", task, name, ", ".join(f"{k} {v:.2f}" for k, v in m.items()
@@ -447,6 +472,7 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
         val_metrics.update(evaluate(m, data.tokenizer, data, config.val_split, config=config))
         return val_metrics
 
+    cache = apply_frozen_trunk(model, config)
     trainer = Trainer(model, loss_fn, train_set, collator, config.trainer_config(output_dir, trainer_overrides),
                       eval_fn=eval_fn if config.val_split in data.splits else None)
     history = trainer.train()
@@ -461,6 +487,8 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
             result["val"] = dict(val_metrics)
         if config.test_split in data.splits:
             result["test"] = evaluate(model, data.tokenizer, data, config.test_split, output_dir, config)
+        if cache is not None:
+            result["trunk_cache"] = log_trunk_cache(cache)
         write_json(output_dir / "metrics.json", result)
     return result
 

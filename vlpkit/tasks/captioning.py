@@ -81,6 +81,8 @@ class CaptioningConfig(TaskConfig):
     epochs: int = 10
     lr: float = 5e-5
     backbone_lr: float = 5e-6
+    frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
+    trunk_cache_megabytes: float = 2048.0
     weight_decay: float = 1e-4
     lr_drop_epochs: list[int] = field(default_factory=list)
     warmup_steps: int = 0

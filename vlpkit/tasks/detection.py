@@ -47,7 +47,16 @@ from ..models import E2EVLP
 from ..models.outputs import DetectionOutput, EncoderOutput
 from ..ops import HungarianMatcher, postprocess_detections
 from ..pretraining.sources import CocoWithCaptions
-from .base import TaskConfig, TaskModel, fresh_overrides, load_e2evlp, load_finetuned, write_json
+from .base import (
+    TaskConfig,
+    TaskModel,
+    apply_frozen_trunk,
+    fresh_overrides,
+    load_e2evlp,
+    load_finetuned,
+    log_trunk_cache,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,8 @@ class DetectionConfig(TaskConfig):
     lr_drop_epochs: list[int] = field(default_factory=lambda: [100])
     lr: float = 1e-4
     backbone_lr: float = 1e-5
+    frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
+    trunk_cache_megabytes: float = 2048.0
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1
     # set prediction
@@ -465,6 +476,7 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     model = DetectionModel.from_checkpoint(checkpoint, num_classes=train_set.num_classes,
                                            paired_text=config.paired_text, **overrides)
     criterion = build_criterion(config, train_set.num_classes)
+    cache = apply_frozen_trunk(model, config)
     trainer = Trainer(model, functools.partial(detection_loss, criterion=criterion), train_set,
                       DetectionCollator(tokenizer, model.config.max_text_length), trainer_config)
     history = trainer.train()
@@ -481,6 +493,8 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
                "first_loss": history[0]["loss"] if history else None,
                "last_loss": history[-1]["loss"] if history else None, "steps": len(history),
                "new_parameters": model.new_parameters, "config": config.to_dict()}
+    if cache is not None:
+        summary["trunk_cache"] = log_trunk_cache(cache)
     atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
     result["metrics"] = metrics
     return result

@@ -72,6 +72,8 @@ class NLVR2Config(TaskConfig):
     epochs: int = 12
     lr: float = 1e-4
     backbone_lr: float = 1e-5
+    frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
+    trunk_cache_megabytes: float = 2048.0
     lr_drop_epochs: list[int] = field(default_factory=lambda: [6, 9])
     lr_drop_factor: float = 0.1
     weight_decay: float = 1e-4

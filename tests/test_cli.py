@@ -17,11 +17,12 @@ TRAIN = ["trainer.max_steps=3", "trainer.progress_bar=false", "trainer.save_ever
 CASES = {
     "vqa": (["task.answer_min_count=1", "task.lr=1e-3"], "val", "val",
             "results/vqa_OpenEnded_shapes_val_e2evlp_results.json"),
-    "nlvr2": (["task.lr=1e-3"], "val", "dev", "results/dev_predictions.csv"),  # "val" names NLVR2's dev
+    # frozen_trunk: fine-tuning scores through the feature cache, `evaluate` reloads without one; they must agree
+    "nlvr2": (["task.lr=1e-3", "task.frozen_trunk=true"], "val", "dev", "results/dev_predictions.csv"),  # val = dev
     "caption": (["task.max_generation_length=8", "task.eval_tokenizer=simple"], None, "test",
                 "captions_test_vlpkit_results.json"),
     "retrieval": ([], None, "test", "retrieval_test_results.json"),
-    "detection": (["task.crop=false"], None, "val", "detections_val_results.json"),
+    "detection": (["task.crop=false", "task.frozen_trunk=true"], None, "val", "detections_val_results.json"),
 }
 
 
@@ -87,6 +88,9 @@ def test_evaluate_reproduces_the_finetuning_metrics_and_results_file(task, pretr
     # the fine-tuned folder names what it detects: the pretraining run's labels.json comes along
     assert load_labels(run / "model").objects == load_labels(pretrained).objects != []
     saved = json.loads((run / "metrics.json").read_text())
+    assert ("trunk_cache" in saved) is ("task.frozen_trunk=true" in extra)  # the option reached the recipe
+    if "trunk_cache" in saved:
+        assert saved["trunk_cache"]["misses"] > 0 and saved["config"]["frozen_trunk"] is True
     expected = {"vqa": lambda: saved["metrics"][split], "nlvr2": lambda: saved["metrics"][split],
                 "caption": lambda: saved[split], "retrieval": lambda: saved[split],
                 "detection": lambda: saved["metrics"]}[task]()

@@ -21,6 +21,10 @@ import torch
 from .backbone import GridFeatureExtractor, mask_from_sizes, valid_sizes_at_stride
 
 
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 class GridFeatureCache:
     """Least-recently-used memo of per-image grid features, at most `max_megabytes` of tensors.
 
@@ -57,16 +61,16 @@ class GridFeatureCache:
         return value
 
     def put(self, key: bytes, value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
+        size = _nbytes(value)
         if size > self.max_bytes:
             return
         if key in self._store:
-            self.bytes -= self._store.pop(key).numel() * value.element_size()
+            self.bytes -= _nbytes(self._store.pop(key))
         self._store[key] = value
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, old = self._store.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
+            self.bytes -= _nbytes(old)
             self.evictions += 1
 
     def clear(self) -> None:
@@ -110,30 +114,28 @@ class CachedGridFeatures:
         rows, cols = pixel_mask.any(2).sum(1).tolist(), pixel_mask.any(1).sum(1).tolist()
         grid_sizes = valid_sizes_at_stride(pixel_mask, halvings).tolist()  # [B, 2] (rows, cols) per image
         keys = [self.cache.key(pixel_values[i, :, : rows[i], : cols[i]]) for i in range(batch)]
-        found: list[torch.Tensor | None] = []
-        first: dict[bytes, int] = {}  # an image repeated within the batch is computed once (then a hit)
+        first: dict[bytes, int] = {}  # each image's first row in the batch
         for i, k in enumerate(keys):
-            if k in first:
-                self.cache.hits += 1
-            else:
-                first[k] = i
-            found.append(None if first[k] != i else self.cache.get(k))
-        missing = [i for i, f in enumerate(found) if f is None and first[keys[i]] == i]
+            first.setdefault(k, i)
+        self.cache.hits += batch - len(first)  # an image repeated within the batch is computed once
+        features = {k: self.cache.get(k) for k in first}
+        missing = [k for k, f in features.items() if f is None]
         if missing:
+            index = [first[k] for k in missing]
             was_training = ext.training
             ext.eval()
             try:
-                feats, _ = ext(pixel_values[missing], pixel_mask[missing])
+                feats, _ = ext(pixel_values[index], pixel_mask[index])
             finally:
                 ext.train(was_training)
-            for j, i in enumerate(missing):
+            for j, (k, i) in enumerate(zip(missing, index)):
                 gh, gw = grid_sizes[i]
-                found[i] = feats[j, :, :gh, :gw].clone()
-                self.cache.put(keys[i], found[i])
-        found = [f if f is not None else found[first[k]] for f, k in zip(found, keys)]
+                features[k] = feats[j, :, :gh, :gw].clone()
+                self.cache.put(k, features[k])
         grid_h, grid_w = -(-height // ext.stride), -(-width // ext.stride)
         out = pixel_values.new_zeros(batch, ext.input_proj.out_channels, grid_h, grid_w)
-        for i, f in enumerate(found):
+        for i, k in enumerate(keys):
+            f = features[k]
             out[i, :, : f.shape[1], : f.shape[2]] = f
         return out, mask_from_sizes(torch.tensor(grid_sizes, device=pixel_values.device), grid_h, grid_w)
 

@@ -371,10 +371,8 @@ def apply_frozen_trunk(model: TaskModel, config) -> GridFeatureCache | None:
     return cache
 
 
-def log_trunk_cache(cache: GridFeatureCache | None) -> dict[str, float] | None:
-    """The cache's `stats()` (also logged), or None without a frozen trunk."""
-    if cache is None:
-        return None
+def log_trunk_cache(cache: GridFeatureCache) -> dict[str, float]:
+    """The cache's `stats()`, also logged."""
     stats = cache.stats()
     logger.info("trunk feature cache: %d hits, %d misses, %d evictions, %d images, %.1f MB", stats["hits"],
                 stats["misses"], stats["evictions"], stats["entries"], stats["megabytes"])

@@ -10,10 +10,13 @@ from vlpkit.pretraining.run import CONFIG_DIR, load_config
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
     cfg = load_config(name)
-    assert cfg["model"]["preset"] in PRESETS
-    E2EVLPConfig.from_dict({**PRESETS[cfg["model"]["preset"]], **cfg["model"].get("overrides", {})})
     trainer = TrainerConfig.from_dict(cfg["trainer"])
     ObjectiveConfig.from_dict(cfg["objective"])
+    if "init_from" in cfg["model"]:  # a further stage: the architecture comes from the checkpoint
+        assert set(cfg["model"]) <= {"init_from", "frozen_trunk", "trunk_cache_megabytes"}
+        return
+    assert cfg["model"]["preset"] in PRESETS
+    E2EVLPConfig.from_dict({**PRESETS[cfg["model"]["preset"]], **cfg["model"].get("overrides", {})})
     if name != "e2evlp-tiny":  # the paper's recipe: batch 32, scales 480-800 / 1333, max text 40
         assert trainer.batch_size == 32 and trainer.lr == 1e-4 and trainer.backbone_lr == 1e-5
         assert cfg["data"]["image"]["train_scales"] == list(range(480, 801, 32))
@@ -114,3 +117,44 @@ def test_validation_losses_see_the_same_batches(shapes_setup):
 def test_override_floats_without_a_dot_are_numbers():
     cfg = load_config("e2evlp-tiny", ["trainer.lr=1e-3", "trainer.output_dir=runs/x", "trainer.seed=7"])
     assert cfg["trainer"]["lr"] == 1e-3 and cfg["trainer"]["seed"] == 7 and cfg["trainer"]["output_dir"] == "runs/x"
+
+
+def test_a_further_stage_starts_from_a_run_and_keeps_a_frozen_trunk(shapes_setup, tmp_path):
+    """`model.init_from` + `model.frozen_trunk` (the shipped grounding stage): the stage loads the run's model
+    strictly, trains the encoder only (the trunk and its BatchNorm statistics stay bit-identical), and refuses a
+    checkpoint that does not fit the data."""
+    import torch
+
+    from vlpkit.engine.logging import read_log
+    from vlpkit.models import E2EVLP
+    from vlpkit.pretraining.run import pretrain
+
+    world = [f"data.shapes.root={shapes_setup.world.root}", "data.shapes.num_images=40", "data.shapes.seed=3",
+             "data.shapes.vocab_size=200", "data.image.train_scales=[64]", "data.image.max_size=80",
+             "data.image.eval_size=64", "trainer.progress_bar=false", "trainer.save_every=0", "trainer.eval_every=0"]
+    pretrain(load_config("e2evlp-tiny", [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2",
+                                         "trainer.batch_size=4", *world]))
+    before = E2EVLP.from_pretrained(tmp_path / "run" / "model").state_dict()
+    stage = load_config("e2evlp-tiny-grounding", [f"model.init_from={tmp_path / 'run'}", "trainer.max_steps=3",
+                                                  "trainer.batch_size=4", "trainer.log_every=1",
+                                                  f"trainer.output_dir={tmp_path / 'stage'}", *world])
+    result = pretrain(stage)
+    after = result.model.state_dict()
+    assert after.keys() == before.keys()
+    trunk = [k for k in before if k.startswith("backbone.")]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)
+    changed = [k for k in before if k.startswith("encoder.") and not torch.equal(before[k], after[k])]
+    assert changed, "the encoder did not train"
+    assert all(r["itm"] == r["itm"] for r in read_log(tmp_path / "stage" / "log.jsonl", kind="train"))
+    reloaded = E2EVLP.from_pretrained(tmp_path / "stage" / "model").state_dict()
+    assert all(torch.equal(reloaded[k], after[k]) for k in after)
+
+    with pytest.raises(ValueError, match="remove model.preset / model.overrides"):
+        pretrain({**stage, "model": {**stage["model"], "preset": "e2evlp-tiny"}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['frozen'\]"):
+        pretrain({**stage, "model": {**stage["model"], "frozen": True}})
+    other = load_config("e2evlp-tiny-grounding", [f"model.init_from={tmp_path / 'run'}", *world,
+                                                  f"data.shapes.root={tmp_path / 'other'}",
+                                                  "data.shapes.vocab_size=150"])
+    with pytest.raises(ValueError, match="does not fit this data: vocab_size is"):
+        pretrain(other)

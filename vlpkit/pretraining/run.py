@@ -3,7 +3,7 @@
 Config (YAML or JSON; see vlpkit/configs/):
 
 ```yaml
-model: {preset: e2evlp-tiny, overrides: {}}
+model: {preset: e2evlp-tiny, overrides: {}}      # or {init_from: runs/demo, frozen_trunk: true}: see below
 objective: {tasks: [mlm, itm, detection, attributes, caption], weights: {mlm: 1, itm: 1, detection: 1, caption: 1}}
 trainer: {output_dir: runs/pretrain, max_steps: 1000, batch_size: 32, lr: 1.0e-4, backbone_lr: 1.0e-5}
 data:
@@ -17,6 +17,14 @@ warmup: {steps: 400}   # optional: `vlpkit demo`'s trunk warm-up (vlpkit.pretrai
 
 `pretrain` takes the trunk's initial weights from `model.overrides.backbone_weights` only; the `warmup` section is
 run by `vlpkit demo` (or `warm_up_trunk_from_config`), which writes such a file and sets that field.
+
+A further stage of pretraining from a finished one: `model.init_from` (a pretraining run folder or `model/`
+folder) loads that model strictly (its `config.json` fixes the architecture, so `preset` and `overrides` must be
+absent) and checks that the data's tokenizer and vocabularies are the checkpoint's. `model.frozen_trunk: true`
+(not in the paper) freezes the ResNet and the 1x1 projection and caches their features per image
+(`vlpkit.models.feature_cache`, at most `model.trunk_cache_megabytes`, default 2048), so that a stage that
+trains only the encoder runs several times faster; docs/pretraining.md uses it for the shapes world's grounding
+stage.
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ from typing import Any
 import yaml
 
 from ..builder import build_e2evlp
+from ..checkpoint import load_pretrained
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer, TrainerConfig, seed_everything
-from ..inference import save_labels
+from ..inference import locate_pretrained, save_labels
+from ..models.feature_cache import freeze_trunk
 from .data import PretrainingCollator, PretrainingDataset, Source
 from .objective import ObjectiveConfig, PretrainingObjective
 
@@ -88,6 +98,27 @@ class PretrainResult:
     history: list[dict]
     output_dir: Path
     setup: Any = None  # ShapesSetup for the shapes world
+
+
+def load_stage(model_cfg: dict, tokenizer, data_overrides: dict):
+    """The model of a finished pretraining run (`model_cfg["init_from"]`), loaded strictly, after checking that it
+    fits the data: the same tokenizer vocabulary and the same config values that the data sets (vocabulary and
+    class sizes)."""
+    if "preset" in model_cfg or model_cfg.get("overrides"):
+        raise ValueError("model.init_from loads the architecture from the checkpoint's config.json: remove "
+                         f"model.preset / model.overrides (got preset={model_cfg.get('preset')!r}, "
+                         f"overrides={model_cfg.get('overrides')!r})")
+    files = locate_pretrained(model_cfg["init_from"])
+    model = load_pretrained(files.model_dir)
+    clashes = [f"{k} is {getattr(model.config, k)} in the checkpoint but {v} for the data"
+               for k, v in data_overrides.items() if getattr(model.config, k) != v]
+    if clashes:
+        raise ValueError(f"model.init_from={files.model_dir} does not fit this data: " + ", ".join(clashes))
+    tokenizer_dir = files.tokenizer_dir
+    if tokenizer_dir is not None and load_tokenizer(tokenizer_dir).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"model.init_from={files.model_dir}: its tokenizer ({tokenizer_dir}) is not the data's; "
+                         "pretrain the new stage on the world (or tokenizer) that the checkpoint was trained with")
+    return model
 
 
 def build_data(data_cfg: dict, split: str = "train"):
@@ -214,8 +245,17 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
     model_cfg = config.get("model", {})
     trainer_cfg = TrainerConfig.from_dict(config.get("trainer", {}))
     seed_everything(trainer_cfg.seed, trainer_cfg.deterministic)  # the initial weights are part of the seeded run
-    model = build_e2evlp(model_cfg.get("preset", "e2evlp-tiny"),
-                         **{**data_overrides, **model_cfg.get("overrides", {})})
+    unknown = sorted(set(model_cfg) - {"preset", "overrides", "init_from", "frozen_trunk", "trunk_cache_megabytes"})
+    if unknown:
+        raise ValueError(f"model section: unknown key(s) {unknown}; expected preset, overrides, init_from, "
+                         "frozen_trunk, trunk_cache_megabytes")
+    if model_cfg.get("init_from"):
+        model = load_stage(model_cfg, tokenizer, data_overrides)
+    else:
+        model = build_e2evlp(model_cfg.get("preset", "e2evlp-tiny"),
+                             **{**data_overrides, **model_cfg.get("overrides", {})})
+    if model_cfg.get("frozen_trunk"):
+        freeze_trunk(model, float(model_cfg.get("trunk_cache_megabytes", 2048.0)))
     objective = PretrainingObjective(ObjectiveConfig.from_dict(config.get("objective", {})),
                                      model.config.num_classes, model.config.num_attributes,
                                      model.config.pad_token_id)

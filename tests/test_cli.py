@@ -126,3 +126,18 @@ def test_evaluate_arguments_are_checked(tmp_path):
         main(["evaluate", "vqa", "--model", str(tmp_path), "--data", str(tmp_path / "missing.yaml")])
     with pytest.raises(SystemExit, match="evaluate trains nothing"):
         main(["evaluate", "vqa", "--model", str(tmp_path), "--set", "trainer.max_steps=1"])
+
+
+def test_shapes_nlvr2_sets_sizes_the_generated_worlds_nlvr2(cache, tmp_path, monkeypatch):
+    from vlpkit.cli import _task_data
+
+    monkeypatch.setenv("VLPKIT_CACHE", str(cache))
+    setup = _task_data("shapes", IMAGES, nlvr2_sets=5)
+    assert setup.world.manifest["params"]["nlvr2_sets"] == 5
+    lines = [line for split in ("train", "dev", "test1")
+             for line in setup.world.nlvr2(split).read_text().splitlines() if line]
+    assert len(lines) == 5 * 8  # 8 statements per set: 2 sentences x 4 pairs
+    default = _task_data("shapes", IMAGES)
+    assert default.world.root != setup.world.root and default.world.manifest["params"]["nlvr2_sets"] is None
+    with pytest.raises(SystemExit, match="--shapes-nlvr2-sets applies to --data shapes only"):
+        _task_data(str(tmp_path), IMAGES, nlvr2_sets=5)

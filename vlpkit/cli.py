@@ -53,9 +53,10 @@ def _split_overrides(items: list[str]) -> tuple[dict, dict]:
     return task, trainer
 
 
-def _task_data(data: str, shapes_images: int):
-    """'shapes' -> a generated shapes world of `shapes_images` images; a YAML/JSON file -> its dataset paths; a
-    folder (a COCO root, for detection) -> its path."""
+def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None):
+    """'shapes' -> a generated shapes world of `shapes_images` images (and `nlvr2_sets` NLVR2 sets; None: the
+    world's default, shapes_images // 16); a YAML/JSON file -> its dataset paths; a folder (a COCO root, for
+    detection) -> its path."""
     from pathlib import Path
 
     import yaml
@@ -63,7 +64,10 @@ def _task_data(data: str, shapes_images: int):
     if data == "shapes":
         from .pretraining.shapes import prepare_shapes
 
-        return prepare_shapes(num_images=shapes_images)
+        options = {} if nlvr2_sets is None else {"nlvr2_sets": nlvr2_sets}
+        return prepare_shapes(num_images=shapes_images, **options)
+    if nlvr2_sets is not None:
+        raise SystemExit(f"--shapes-nlvr2-sets applies to --data shapes only (got --data {data!r})")
     path = Path(data)
     if path.is_dir():
         return str(path)
@@ -113,8 +117,9 @@ def _finetune(args: argparse.Namespace) -> int:
     from .tasks import finetune
 
     task_overrides, trainer_overrides = _split_overrides(args.set)
-    result = finetune(args.task, _checkpoint(args.checkpoint), _task_data(args.data, args.shapes_images), args.output,
-                      config=task_overrides, trainer_overrides=trainer_overrides)
+    data = _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets)
+    result = finetune(args.task, _checkpoint(args.checkpoint), data, args.output, config=task_overrides,
+                      trainer_overrides=trainer_overrides)
     print(json.dumps(result.get("metrics", result), indent=2, default=str))
     for split, metrics in _final_metrics(result).items():
         print(metrics_table(metrics, f"{args.task} {split}"))
@@ -130,7 +135,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if trainer_overrides:
         raise SystemExit(f"--set trainer.*: evaluate trains nothing (got {sorted(trainer_overrides)})")
     output = Path(args.output) if args.output else Path(args.model) / "evaluation"
-    metrics = evaluate(args.task, args.model, _task_data(args.data, args.shapes_images), args.split, output,
+    metrics = evaluate(args.task, args.model, _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets),
+                       args.split, output,
                        task_overrides, device=args.device)
     print(metrics_table(metrics, f"{args.task} {metrics['split']} ({args.model})"))
     files = [v for k, v in metrics.items() if k.endswith("_file")]
@@ -189,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--checkpoint", default=None, help="pretraining run or model folder (default: fresh model)")
     fin.add_argument("--data", default="shapes", help="'shapes', a YAML/JSON file of dataset paths or a COCO root")
     fin.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")
+    fin.add_argument("--shapes-nlvr2-sets", type=int, default=None,
+                     help="NLVR2 sets of 8 images in the generated world (default: shapes-images // 16); 1000 "
+                          "gives 6,400 training statements, which NLVR2 needs to rise above chance")
     fin.add_argument("--output", required=True, help="output folder (model, metrics, results files)")
     fin.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE|trainer.KEY=VALUE")
     fin.set_defaults(func=_finetune)
@@ -197,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="the output folder of `vlpkit finetune` (or its model/)")
     ev.add_argument("--data", default="shapes", help="'shapes', a YAML/JSON file of dataset paths or a COCO root")
     ev.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")
+    ev.add_argument("--shapes-nlvr2-sets", type=int, default=None,
+                    help="NLVR2 sets of the generated world (as for finetune)")
     ev.add_argument("--split", default=None,
                     help="evaluation split (default: vqa val, nlvr2 dev, caption/retrieval test, detection val)")
     ev.add_argument("--output", default=None,

@@ -15,6 +15,8 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
     import matplotlib
 
     matplotlib.use("Agg")
+    from .data.masking import visual_word_ids
+    from .data.shapes.language import VISUAL_WORDS
     from .pretraining.evaluate import evaluate_pretrained, format_table
     from .pretraining.run import image_transforms, load_config, pretrain
     from .pretraining.trunk_warmup import with_warm_trunk
@@ -32,8 +34,10 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
     _, eval_tf = image_transforms(cfg["data"].get("image", {}))
     train_captions = [a["caption"] for a in json.loads(world.captions("train").read_text())["annotations"]]
     print("evaluating on the val split ...", flush=True)
+    visual_ids = visual_word_ids(tokenizer, VISUAL_WORDS)
     report = evaluate_pretrained(model, tokenizer, world.instances("val"), world.captions("val"),
-                                 world.image_dir("val"), eval_tf, train_captions, max_images=max_eval_images)
+                                 world.image_dir("val"), eval_tf, train_captions, max_images=max_eval_images,
+                                 visual_ids=visual_ids)
     table = format_table(report["metrics"])
     total = time.perf_counter() - start
     print(table)
@@ -48,7 +52,9 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
     fig.savefig(out / "demo_predictions.png", dpi=110)
     summary = {"metrics": {k: {"model": v, "baseline": b} for k, (v, b) in report["metrics"].items()},
                "train_seconds": train_seconds, "total_seconds": total,
-               "constant_caption": report["constant_caption"]}
+               "constant_caption": report["constant_caption"],
+               "grounding_probe": {"right_image": report["probe"].right, "other_image": report["probe"].wrong,
+                                   "rows": report["probe"].rows}}
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"figure: {out / 'demo_predictions.png'}; checkpoint: {out / 'model'}; "
           f"metrics: {out / 'demo_metrics.json'}; wall time {total:.0f}s")

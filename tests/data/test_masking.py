@@ -230,3 +230,38 @@ def test_normalise_caption_ignores_case_punctuation_and_spacing_only():
     assert normalise_caption("There are five shapes in the image.") == "there are five shapes in the image"
     assert normalise_caption("  a RED circle,left of a square ") == normalise_caption("a red circle left of a square")
     assert normalise_caption("a red circle") != normalise_caption("a red circles")
+
+
+def test_priority_ids_are_selected_at_their_own_rate():
+    gen = torch.Generator().manual_seed(5)
+    ids, mask = make_batch([30] * 400, 32, gen)
+    priority = torch.arange(5, 105)  # about 10% of the word ids
+    masked, labels = mask_tokens(ids, mask, IDS, torch.Generator().manual_seed(0), 0.15, priority, 0.6)
+    is_priority = torch.isin(ids, priority) & mask.bool() & (ids > 4)
+    other = mask.bool() & (ids > 4) & ~is_priority
+    chosen = labels != IGNORE_INDEX
+    n_p, n_o = int(is_priority.sum()), int(other.sum())
+    assert within(int((chosen & is_priority).sum()), n_p, 0.6)
+    # the other tokens keep BERT's rate (plus the forced selection, negligible for 30-token texts)
+    assert within(int((chosen & other).sum()), n_o, 0.15)
+
+
+def test_priority_none_draws_exactly_as_before():
+    gen = torch.Generator().manual_seed(3)
+    ids, mask = make_batch([5, 9, 12], 14, gen)
+    a = mask_tokens(ids, mask, IDS, torch.Generator().manual_seed(7))
+    b = mask_tokens(ids, mask, IDS, torch.Generator().manual_seed(7), 0.15, None, None)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="priority_probability"):
+        mask_tokens(ids, mask, IDS, torch.Generator().manual_seed(7), 0.15, torch.tensor([9]), None)
+
+
+def test_visual_word_ids_keeps_single_token_words():
+    from vlpkit.data.masking import visual_word_ids
+
+    tok = train_wordpiece(["a red circle and two blue squares", "a green star"] * 20, vocab_size=120)
+    ids = visual_word_ids(tok, ["red", "blue", "squares", "notaword"])
+    expected = {tok.convert_tokens_to_ids(w) for w in ("red", "blue", "squares") if w in tok.get_vocab()}
+    assert set(ids.tolist()) == expected and expected
+    with pytest.raises(ValueError, match="single token"):
+        visual_word_ids(tok, ["zzzzqqq"])

@@ -131,3 +131,67 @@ def test_extra_itm_pairs_join_the_itm_mean(shapes_setup):
                                 pairs["attention_mask"], pairs["token_type_ids"])
         extra = F.cross_entropy(model.itm_logits(pair_enc), pairs["labels"], reduction="none")
     torch.testing.assert_close(out["itm"], torch.cat([main, extra]).mean())
+
+
+def test_itc_equals_a_loop_over_rows(shapes_setup):
+    """The contrastive option (not in the paper): each text's [CLS] alone against each image's [CLS] alone,
+    InfoNCE both ways, rows sharing an image or a text masked out of each other's negatives."""
+    torch.manual_seed(0)
+    model = build_e2evlp("e2evlp-tiny", dropout=0.0, **shapes_setup.model_overrides()).eval()
+    objective = PretrainingObjective(ObjectiveConfig(tasks=("itc",), itc_temperature=0.2),
+                                     model.config.num_classes, model.config.num_attributes,
+                                     model.config.pad_token_id)
+    sources = shapes_sources(shapes_setup, coco_tasks=("itc",), vg_tasks=())
+    ds = PretrainingDataset(sources, make_train_transforms(scales=(64,), max_size=96, crop=False), seed=0)
+    samples = [ds[i] for i in (0, 1, 5, 9, 13, 17)]
+    samples.append(samples[2])  # the same image and caption twice: not each other's negative
+    batch = PretrainingCollator(shapes_setup.tokenizer, seed=0)(samples)
+    with torch.no_grad():
+        out = objective(model, batch)
+        captions = [m["caption"] for m in batch.meta]
+        texts, images = [], []
+        for i, caption in enumerate(captions):
+            ids = shapes_setup.tokenizer(caption, return_tensors="pt")
+            texts.append(F.normalize(model.encode_text(ids["input_ids"], ids["attention_mask"]).cls_state[0], dim=0))
+            alone = model.encode(batch.pixel_values[i:i + 1], batch.pixel_mask[i:i + 1])
+            images.append(F.normalize(alone.cls_state[0], dim=0))
+        n, loss = len(captions), 0.0
+        for i in range(n):
+            for direction in (0, 1):
+                scores = []
+                for j in range(n):
+                    if j != i and captions[j] == captions[i]:
+                        continue
+                    a, b = (texts[i], images[j]) if direction == 0 else (images[i], texts[j])
+                    scores.append((j, float(a @ b) / 0.2))
+                logits = torch.tensor([s for _, s in scores])
+                loss += float(-(logits[[j for j, _ in scores].index(i)] - logits.logsumexp(0)))
+    assert batch.itc_texts["same"][2, 6] and batch.itc_texts["same"].sum() == n + 2
+    torch.testing.assert_close(out["itc"], torch.tensor(loss / (2 * n)), rtol=1e-4, atol=1e-5)
+    assert out["loss"] == out["itc"]
+
+
+def test_itc_is_off_by_default_and_needs_a_positive_temperature():
+    assert "itc" not in ObjectiveConfig().tasks
+    with pytest.raises(ValueError, match="itc_temperature"):
+        ObjectiveConfig(itc_temperature=0.0)
+
+
+def test_encoder_grad_scale_scales_only_what_reaches_the_encoder(shapes_setup):
+    """`encoder_grad_scale` (not in the paper): the detection loss and the decoder's gradient are unchanged; the
+    gradient that detection sends into the encoder is multiplied by the factor."""
+    grads = {}
+    for scale in (1.0, 0.25):
+        model, _, batch = _setup(shapes_setup, ("detection",))
+        objective = PretrainingObjective(
+            ObjectiveConfig(tasks=("detection",), encoder_grad_scale={"detection": scale}),
+            model.config.num_classes, model.config.num_attributes, model.config.pad_token_id)
+        out = objective(model, batch)
+        out["loss"].backward()
+        grads[scale] = (float(out["loss"].detach()), model.decoder.layers[0].ffn.linear1.weight.grad.clone(),
+                        model.encoder.layers[0].ffn.linear1.weight.grad.clone())
+    assert grads[1.0][0] == grads[0.25][0]
+    torch.testing.assert_close(grads[0.25][1], grads[1.0][1])
+    torch.testing.assert_close(grads[0.25][2], 0.25 * grads[1.0][2])
+    with pytest.raises(ValueError, match="encoder_grad_scale"):
+        ObjectiveConfig(encoder_grad_scale={"mlm": 0.5})

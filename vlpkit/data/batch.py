@@ -48,6 +48,10 @@ class Batch:
         itm_pairs: extra image-text matching rows that reuse the batch's images (pretraining with
             ``itm_extra_negatives``): ``"image_index"`` ``[R]`` (row of the batch), ``"input_ids"``,
             ``"attention_mask"``, ``"token_type_ids"`` ``[R, L']``, ``"labels"`` ``[R]`` (1 = matching).
+        itc_texts: the own, unmasked text of each sample of the image-text contrastive option of pretraining
+            (not in the paper): ``"index"`` ``[R]`` (row of the batch), ``"input_ids"``, ``"attention_mask"``,
+            ``"token_type_ids"`` ``[R, L']``, ``"same"`` ``[R, R]`` bool (True where two rows share an image or an
+            identical text, so neither is the other's negative).
         caption_ids: ``[B, T]`` long decoder token ids (captioning / image-to-text generation).
         caption_mask: ``[B, T]`` long, 1 = real token.
         answer_scores: ``[B, A]`` float soft answer scores (VQA).
@@ -64,6 +68,7 @@ class Batch:
     mlm_labels: torch.Tensor | None = None
     itm_labels: torch.Tensor | None = None
     itm_pairs: dict[str, torch.Tensor] | None = None
+    itc_texts: dict[str, torch.Tensor] | None = None
     caption_ids: torch.Tensor | None = None
     caption_mask: torch.Tensor | None = None
     answer_scores: torch.Tensor | None = None

@@ -26,6 +26,7 @@ __all__ = [
     "mask_tokens",
     "normalise_caption",
     "special_token_ids",
+    "visual_word_ids",
 ]
 
 #: Label value ignored by ``torch.nn.functional.cross_entropy`` (its default ``ignore_index``).
@@ -64,6 +65,8 @@ def mask_tokens(
     tokenizer_or_special_ids,
     generator: torch.Generator,
     mlm_probability: float = 0.15,
+    priority_ids: torch.Tensor | None = None,
+    priority_probability: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of a padded batch of token ids.
 
@@ -85,6 +88,10 @@ def mask_tokens(
         generator: the ``torch.Generator`` all draws come from (seed it for reproducible masks); it must live on
             the same device as ``input_ids``.
         mlm_probability: the selection probability of a maskable token, in (0, 1].
+        priority_ids: optional ``[K]`` long ids selected with ``priority_probability`` instead (not in BERT or the
+            paper: "visual words", such as colour and shape names, masked more often so that MLM cannot be solved
+            from the text alone; :func:`visual_word_ids`). ``None`` draws exactly as without it.
+        priority_probability: the selection probability of a priority token, in (0, 1].
 
     Returns:
         ``(masked_input_ids, mlm_labels)``, both ``[B, L]`` long. ``masked_input_ids`` is a new tensor (the input
@@ -107,7 +114,13 @@ def mask_tokens(
     special = torch.tensor(ids.special_ids, dtype=torch.long, device=device)
     maskable = attention_mask.bool() & ~torch.isin(input_ids, special)
 
-    selected = (torch.rand(input_ids.shape, generator=generator, device=device) < mlm_probability) & maskable
+    probability: torch.Tensor | float = mlm_probability
+    if priority_ids is not None:
+        if priority_probability is None or not 0.0 < priority_probability <= 1.0:
+            raise ValueError(f"priority_probability must be in (0, 1] with priority_ids, got {priority_probability}")
+        priority = torch.isin(input_ids, priority_ids.to(device))
+        probability = torch.where(priority, priority_probability, mlm_probability)
+    selected = (torch.rand(input_ids.shape, generator=generator, device=device) < probability) & maskable
     # Rows with maskable tokens but no selection: select the maskable token with the largest random score.
     empty = maskable.any(dim=1) & ~selected.any(dim=1)
     if empty.any():
@@ -229,3 +242,19 @@ def make_itm_pairs(
         for image_index, caps in sampler.captions.items()
         for caption in caps
     ]
+
+
+def visual_word_ids(tokenizer, words: Sequence[str]) -> torch.Tensor:
+    """``[K]`` ids of the ``words`` that the tokenizer keeps as one token (colour, shape, size, count words...).
+
+    A word split into word pieces is left out: masking one of its pieces would leave the rest as a hint. Raises
+    when none of the words is a single token, since masking by priority would then silently do nothing.
+    """
+    ids = []
+    for word in words:
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1 and pieces[0] != tokenizer.unk_token_id:
+            ids.append(pieces[0])
+    if not ids:
+        raise ValueError(f"none of the visual words {list(words)[:10]}... is a single token of this tokenizer")
+    return torch.tensor(sorted(set(ids)), dtype=torch.long)

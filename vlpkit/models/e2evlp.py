@@ -115,6 +115,18 @@ class E2EVLP(nn.Module):
         memory = self.encoder(src, pos, padding_mask)
         return EncoderOutput(memory, padding_mask, pos, text.shape[1], image.grid_size)
 
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> EncoderOutput:
+        """Encode texts alone, `[CLS] text [SEP]` with no grid (the text side of the image-text contrastive
+        option of pretraining, not in the paper). Returns EncoderOutput with memory [B, L, d], grid_size (0, 0)."""
+        self._check_text(input_ids, attention_mask, input_ids.shape[0])
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text = self.text_embeddings(input_ids, token_type_ids)
+        padding_mask = ~attention_mask.bool()
+        memory = self.encoder(text, torch.zeros_like(text), padding_mask)
+        return EncoderOutput(memory, padding_mask, torch.zeros_like(text), text.shape[1], (0, 0))
+
     def _check_image(self, pixel_values, pixel_mask) -> None:
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor [B, 3, H, W], got {type(pixel_values).__name__}")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.masking import IGNORE_INDEX, mask_tokens, normalise_caption
 
-TASKS = ("mlm", "itm", "detection", "attributes", "caption")
+TASKS = ("mlm", "itm", "detection", "attributes", "caption", "itc")
 
 
 def _seed(*parts) -> int:
@@ -39,7 +39,7 @@ class Source:
 
     name: str
     dataset: Dataset
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = TASKS[:5]  # "itc" (not in the paper) only when asked for
     weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -125,20 +125,25 @@ class PretrainingCollator:
     - caption_ids: the true caption `[CLS] caption [SEP] [PAD]...` (targets of image-to-text generation; rows of
       samples whose source does not serve "caption" keep only [CLS], so they add no target);
     - ITM: each sample of a source serving "itm" gets, with probability `p_negative`, the caption of another
-      sample of the batch whose image differs and whose source also serves "itm" (itm_labels 0), else its own (1);
+      sample of the batch whose image differs and that comes from the same source (itm_labels 0), else its own (1);
       -100 where ITM does not apply or no such other sample is in the batch;
     - MLM: BERT masking of the encoder text (`vlpkit.data.masking.mask_tokens`); labels only on matched pairs of
-      sources serving "mlm" (predicting a mismatched caption from the image would teach noise).
+      sources serving "mlm" (predicting a mismatched caption from the image would teach noise). With
+      `visual_ids` (not in the paper), those tokens (colour, shape, size, count words) are selected with
+      `visual_probability` instead of `mlm_probability`, so that MLM cannot be solved from the text alone.
     - extra ITM pairs (`itm_extra_negatives` = K > 0; not in the paper): each sample with an ITM row also gets
       `batch.itm_pairs` rows that reuse its image features: its own caption (label 1) and the captions of K other
       ITM samples of the batch (label 0; distinct samples, skipping captions equal to its own under
       `normalise_caption`), all unmasked.
       They multiply the pairs per step by about K + 2 for the cost of encoder rows only.
+    - ITC (a source serving "itc"; not in the paper): `batch.itc_texts`, each such sample's own unmasked text and
+      which rows share an image or a text (not each other's negatives).
     Draws are seeded by the batch's (seed, epoch, sample indices) through the samples' targets.
     """
 
     def __init__(self, tokenizer, max_length: int = 40, mlm_probability: float = 0.15, p_negative: float = 0.5,
-                 seed: int = 0, pad_to_multiple_of: int | None = None, itm_extra_negatives: int = 0) -> None:
+                 seed: int = 0, pad_to_multiple_of: int | None = None, itm_extra_negatives: int = 0,
+                 visual_ids: torch.Tensor | None = None, visual_probability: float | None = None) -> None:
         if isinstance(itm_extra_negatives, bool) or not isinstance(itm_extra_negatives, int) \
                 or itm_extra_negatives < 0:
             raise ValueError(f"itm_extra_negatives={itm_extra_negatives!r}; expected an integer >= 0")
@@ -149,6 +154,10 @@ class PretrainingCollator:
         self.p_negative = p_negative
         self.seed = seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        if (visual_ids is None) != (visual_probability is None):
+            raise ValueError("visual_ids and visual_probability go together (both set, or both None)")
+        self.visual_ids = visual_ids
+        self.visual_probability = visual_probability
 
     def __call__(self, samples) -> Batch:
         if not samples:
@@ -158,9 +167,9 @@ class PretrainingCollator:
         rng = random.Random(_seed(self.seed, keys, captions))
         texts, itm = list(captions), []
         for i, t in enumerate(targets):
-            # negatives come from other images of sources that serve ITM: a caption of another kind (Visual
-            # Genome region phrases beside COCO sentences) would be told apart by its style, not by the image
-            others = [j for j, k in enumerate(keys) if k != keys[i] and "itm" in targets[j]["tasks"]]
+            # negatives come from other images of the same source: a text of another kind (a Visual Genome
+            # region phrase beside a COCO sentence) would be told apart by its style, not by the image
+            others = [j for j, k in enumerate(keys) if k != keys[i] and k[0] == keys[i][0]]
             if "itm" not in t["tasks"] or not others:
                 itm.append(IGNORE_INDEX)
             elif rng.random() < self.p_negative:
@@ -172,7 +181,7 @@ class PretrainingCollator:
         input_ids, attention_mask, token_type_ids = collate_texts(texts, self.tokenizer, self.max_length)
         generator = torch.Generator().manual_seed(rng.getrandbits(63))
         masked_ids, mlm_labels = mask_tokens(input_ids, attention_mask, self.tokenizer, generator,
-                                             self.mlm_probability)
+                                             self.mlm_probability, self.visual_ids, self.visual_probability)
         no_mlm = torch.tensor([label == 0 or "mlm" not in t["tasks"] for label, t in zip(itm, targets)])
         mlm_labels[no_mlm] = IGNORE_INDEX
         caption_ids, _, _ = collate_texts(list(captions), self.tokenizer, self.max_length)
@@ -180,9 +189,10 @@ class PretrainingCollator:
         caption_ids[no_caption, 1:] = self.tokenizer.pad_token_id
         # drawn last, so that itm_extra_negatives=0 leaves every other draw as it was
         itm_pairs = self._extra_pairs(rng, keys, captions, itm) if self.itm_extra_negatives else None
+        itc_texts = self._itc_texts(keys, captions, targets)
         return Batch(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=masked_ids,
                      attention_mask=attention_mask, token_type_ids=token_type_ids, targets=list(targets),
-                     mlm_labels=mlm_labels, itm_labels=torch.tensor(itm), itm_pairs=itm_pairs,
+                     mlm_labels=mlm_labels, itm_labels=torch.tensor(itm), itm_pairs=itm_pairs, itc_texts=itc_texts,
                      caption_ids=caption_ids,
                      meta=[{"caption": c, "text": x, "image_key": k} for c, x, k in zip(captions, texts, keys)])
 
@@ -191,7 +201,7 @@ class PretrainingCollator:
         eligible = [i for i, label in enumerate(itm) if label != IGNORE_INDEX]  # ITM samples with a partner
         texts = {i: normalise_caption(captions[i]) for i in eligible}
         for i in eligible:
-            others = [j for j in eligible if keys[j] != keys[i] and texts[j] != texts[i]]
+            others = [j for j in eligible if keys[j] != keys[i] and keys[j][0] == keys[i][0] and texts[j] != texts[i]]
             rows.append((i, captions[i], 1))
             rows += [(i, captions[j], 0) for j in rng.sample(others, min(self.itm_extra_negatives, len(others)))]
         if not rows:
@@ -199,3 +209,14 @@ class PretrainingCollator:
         ids, mask, types = collate_texts([text for _, text, _ in rows], self.tokenizer, self.max_length)
         return {"image_index": torch.tensor([i for i, _, _ in rows]), "input_ids": ids, "attention_mask": mask,
                 "token_type_ids": types, "labels": torch.tensor([label for _, _, label in rows])}
+
+    def _itc_texts(self, keys, captions, targets) -> dict[str, torch.Tensor] | None:
+        rows = [i for i, t in enumerate(targets) if "itc" in t["tasks"]]
+        if len(rows) < 2:
+            return None
+        texts = [normalise_caption(captions[i]) for i in rows]
+        same = torch.tensor([[keys[i] == keys[j] or texts[a] == texts[b] for b, j in enumerate(rows)]
+                             for a, i in enumerate(rows)])
+        ids, mask, types = collate_texts([captions[i] for i in rows], self.tokenizer, self.max_length)
+        return {"index": torch.tensor(rows), "input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+                "same": same}

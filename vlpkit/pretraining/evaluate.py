@@ -5,7 +5,9 @@
 | detection AP, AP50 | pycocotools COCOeval | no detections (AP 0) |
 | caption BLEU-4, CIDEr (beam search) | pycocoevalcap | the best constant caption among frequent training captions |
 | ITM accuracy (one matched + one mismatched caption per image) | - | majority class (0.5) |
+| ITM ranking (the image's own caption scores above another image's) | - | chance (0.5) |
 | MLM accuracy (BERT masking of held-out captions) | - | always the most frequent training token |
+| grounding probe (visual words: right image minus another image's grid; `vlpkit.pretraining.probe`) | - | 0 |
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..data.readers import CocoDetection
 from ..metrics.captioning import compute_caption_metrics, tokenize_captions
 from ..metrics.detection import evaluate_detections, to_coco_results
 from ..ops.postprocess import postprocess_detections
+from .probe import GroundingProbe, probe_batch
 
 
 def _chunks(n: int, size: int):
@@ -41,7 +44,7 @@ def _captions_by_image(captions_json: str | Path) -> dict[int, list[str]]:
 def evaluate_pretrained(model, tokenizer, instances_json, captions_json, image_root, transforms,
                         train_captions: list[str], batch_size: int = 32, max_images: int | None = None,
                         num_beams: int = 4, max_length: int = 30, seed: int = 0,
-                        category_ids: list[int] | None = None) -> dict:
+                        category_ids: list[int] | None = None, visual_ids: torch.Tensor | None = None) -> dict:
     """Every pretraining metric on a held-out split, with baselines. Returns a dict with "metrics" (name ->
     (value, baseline)), "predictions" (per image: detections and caption) and "image_ids"."""
     model.eval()
@@ -51,7 +54,8 @@ def evaluate_pretrained(model, tokenizer, instances_json, captions_json, image_r
     captions = _captions_by_image(captions_json)
     max_text = model.config.max_text_length
     results, predictions, image_ids = [], {}, []
-    itm_correct = mlm_correct = mlm_total = base_correct = 0
+    itm_correct = itm_ranked = mlm_correct = mlm_total = base_correct = 0
+    probe = GroundingProbe()
     token_counts = Counter(t for c in train_captions for t in tokenizer(c, add_special_tokens=False)["input_ids"])
     frequent_token = token_counts.most_common(1)[0][0]
     generator = torch.Generator().manual_seed(seed)
@@ -71,12 +75,16 @@ def evaluate_pretrained(model, tokenizer, instances_json, captions_json, image_r
         sizes = [s["target"]["orig_size"].tolist() for s in samples]
         results += to_coco_results([d["boxes"].cpu() for d in dets], [d["scores"].cpu() for d in dets],
                                    [d["labels"].cpu() for d in dets], ids, sizes, category_ids)
-        itm_pos = model.itm_logits(enc).argmax(-1) == 1
+        pos_logits = model.itm_logits(enc)
         neg_ids, neg_mask, neg_types = (t.to(device) for t in collate_texts(other, tokenizer, max_text))
         neg = model.encode(input_ids=neg_ids, attention_mask=neg_mask, token_type_ids=neg_types, image=image)
-        itm_neg = model.itm_logits(neg).argmax(-1) == 0
+        neg_logits = model.itm_logits(neg)
         if len(ids) > 1:
-            itm_correct += int(itm_pos.sum()) + int(itm_neg.sum())
+            itm_correct += int((pos_logits.argmax(-1) == 1).sum()) + int((neg_logits.argmax(-1) == 0).sum())
+            match = (pos_logits.log_softmax(-1)[:, 1] - neg_logits.log_softmax(-1)[:, 1])
+            itm_ranked += int((match > 0).sum())
+            if visual_ids is not None:
+                probe = probe.add(probe_batch(model, image, own, tokenizer, visual_ids, max_text))
         masked, labels = mask_tokens(pos_ids.cpu(), pos_mask.cpu(), tokenizer, generator)
         mlm = model.encode(input_ids=masked.to(device), attention_mask=pos_mask, token_type_ids=pos_types,
                            image=image)
@@ -111,10 +119,13 @@ def evaluate_pretrained(model, tokenizer, instances_json, captions_json, image_r
         "caption BLEU-4": (cap["Bleu_4"], best_constant_scores["Bleu_4"]),
         "caption CIDEr": (cap["CIDEr"], best_constant_scores["CIDEr"]),
         "ITM accuracy": (itm_correct / pairs, 0.5),
+        "ITM ranking": (itm_ranked / max(len(image_ids), 1), 0.5),
         "MLM accuracy": (mlm_correct / max(mlm_total, 1), base_correct / max(mlm_total, 1)),
     }
+    if visual_ids is not None:
+        metrics["grounding probe"] = (probe.gain, 0.0)
     return {"metrics": metrics, "predictions": predictions, "image_ids": image_ids,
-            "constant_caption": best_constant}
+            "constant_caption": best_constant, "probe": probe}
 
 
 def format_table(metrics: dict) -> str:

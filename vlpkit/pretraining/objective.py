@@ -6,11 +6,15 @@ One backbone pass per step serves two encodings of each image:
 - `[CLS] [SEP] grid` (the image alone): the decoder generates the caption from it, so it never sees the caption
   it predicts (tests/models/test_caption_leak.py);
 - with `data.itm_extra_negatives` > 0 (not in the paper), the extra ITM rows of `batch.itm_pairs`, on the same
-  image features; their cross-entropy joins the ITM term, which stays a mean over all ITM rows.
+  image features; their cross-entropy joins the ITM term, which stays a mean over all ITM rows;
+- with the "itc" task (not in the paper; ALBEF's image-text contrastive loss before fusion), the [CLS] state of
+  each text encoded alone (`E2EVLP.encode_text`) against the [CLS] state of each image encoded alone (the
+  encoding that generation reads): a symmetric InfoNCE over the batch on cosine similarities.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -22,22 +26,32 @@ from ..losses import SetCriterion, label_smoothed_cross_entropy
 from ..ops import HungarianMatcher
 from ..ops.distributed import reduce_counts
 
-TASKS = ("mlm", "itm", "detection", "attributes", "caption")
+TASKS = ("mlm", "itm", "detection", "attributes", "caption", "itc")
+PAPER_TASKS = TASKS[:5]
 
 
 @dataclass
 class ObjectiveConfig:
     """Which pretraining tasks run, and their weights.
 
-    tasks: the enabled subset of ("mlm", "itm", "detection", "attributes", "caption"); "attributes" needs
-        "detection" (attributes are predicted on matched object queries).
+    tasks: the enabled subset of ("mlm", "itm", "detection", "attributes", "caption", "itc"); "attributes" needs
+        "detection" (attributes are predicted on matched object queries). "itc" (an image-text contrastive term
+        before fusion, as in ALBEF) is not in the paper and off by default.
     weights: the weight of each term in the total (all 1, as in the paper).
+    itc_temperature: the temperature of the contrastive term's softmax over cosine similarities.
+    encoder_grad_scale: per decoder task ("detection", "caption"), a factor on the gradient that its loss sends
+        back into the shared encoder (and below), leaving the decoder's own gradient whole; 1 (the paper) when
+        absent. Not in the paper: on the shapes world the detection term's gradient on the encoder is about ten
+        times that of MLM or ITM, and Adam's per-parameter normalisation then leaves ITM almost no step
+        (docs/pretraining.md measures it).
     """
 
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = PAPER_TASKS
     weights: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0, "itm": 1.0, "detection": 1.0,
                                                                "caption": 1.0})
     label_smoothing: float = 0.1
+    itc_temperature: float = 0.1
+    encoder_grad_scale: dict[str, float] = field(default_factory=dict)
     eos_coef: float = 0.1
     cost_class: float = 1.0
     cost_bbox: float = 5.0
@@ -54,6 +68,12 @@ class ObjectiveConfig:
             raise ValueError("the 'attributes' task needs 'detection' (attributes are read from matched queries)")
         if not self.tasks:
             raise ValueError(f"no pretraining task enabled; choose from {TASKS}")
+        bad = {k: v for k, v in self.encoder_grad_scale.items()
+               if k not in ("detection", "caption") or not isinstance(v, (int, float)) or not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"encoder_grad_scale {bad}: keys 'detection' / 'caption', values in [0, 1]")
+        if not self.itc_temperature > 0:
+            raise ValueError(f"itc_temperature={self.itc_temperature}; expected > 0")
 
     @classmethod
     def from_dict(cls, data: dict) -> ObjectiveConfig:
@@ -106,10 +126,13 @@ class PretrainingObjective(nn.Module):
         pairs = batch.itm_pairs if self.enabled("itm") else None
         itm_count = int((batch.itm_labels != -100).sum()) if self.enabled("itm") else 0
         itm_count += len(pairs["labels"]) if pairs is not None else 0
+        itc_count = 0
+        if self.enabled("itc") and batch.itc_texts is not None:
+            itc_count = len(batch.itc_texts["index"])
         cap_count = 0
         if self.enabled("caption"):
             cap_count = int((batch.caption_ids[:, 1:] != self.pad_token_id).sum())
-        n_mlm, n_itm, n_cap = reduce_counts([mlm_count, itm_count, cap_count], device)
+        n_mlm, n_itm, n_cap, n_itc = reduce_counts([mlm_count, itm_count, cap_count, itc_count], device)
 
         if self.enabled("mlm"):
             logits = model.mlm_logits(enc).float()
@@ -127,19 +150,43 @@ class PretrainingObjective(nn.Module):
             out["itm"] = itm_sum / n_itm
         if self.enabled("detection"):
             out.update(self._detection(model, enc, batch))
+        image_alone = model.encode(image=image) if self.enabled("caption") or itc_count else None
+        if self.enabled("itc"):
+            out["itc"] = self._contrastive(model, image_alone, batch.itc_texts, n_itc, image)
         if self.enabled("caption"):
-            caption_enc = model.encode(image=image)
+            caption_enc = self._scaled(image_alone, "caption")
             logits = model.caption_logits(caption_enc, batch.caption_ids[:, :-1]).float()
             out["caption"] = label_smoothed_cross_entropy(
                 logits, batch.caption_ids[:, 1:], epsilon=self.config.label_smoothing,
                 ignore_index=self.pad_token_id, reduction="sum") / n_cap
-        total = sum(self.config.weights.get(k, 1.0) * out[k] for k in ("mlm", "itm", "detection", "caption")
+        total = sum(self.config.weights.get(k, 1.0) * out[k] for k in ("mlm", "itm", "detection", "caption", "itc")
                     if k in out)
         out["loss"] = total
         return out
 
+    def _contrastive(self, model, image_alone, texts: dict | None, count: torch.Tensor, image) -> torch.Tensor:
+        """Symmetric InfoNCE between each ITC row's text and its image ([CLS] states, cosine / temperature);
+        rows that share an image or a text are masked out of each other's negatives. Summed over rows and
+        divided by the rows of all processes. A batch without two ITC rows adds a zero that keeps the graph."""
+        if texts is None:
+            return image.features.sum() * 0.0
+        index = texts["index"]
+        text = F.normalize(model.encode_text(texts["input_ids"], texts["attention_mask"],
+                                             texts["token_type_ids"]).cls_state.float(), dim=-1)
+        pixels = F.normalize(image_alone.cls_state.index_select(0, index).float(), dim=-1)
+        logits = text @ pixels.T / self.config.itc_temperature
+        eye = torch.eye(len(index), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(texts["same"] & ~eye, float("-inf"))
+        target = torch.arange(len(index), device=logits.device)
+        loss = F.cross_entropy(logits, target, reduction="sum") + F.cross_entropy(logits.T, target, reduction="sum")
+        return loss / (2 * count)
+
+    def _scaled(self, enc, task: str):
+        scale = float(self.config.encoder_grad_scale.get(task, 1.0))
+        return enc if scale == 1.0 else dataclasses.replace(enc, memory=scale_grad(enc.memory, scale))
+
     def _detection(self, model, enc, batch: Batch) -> dict[str, torch.Tensor]:
-        detection = model.detect(enc).to_dict()
+        detection = model.detect(self._scaled(enc, "detection")).to_dict()
         keep = [i for i, t in enumerate(batch.targets) if t.get("has_boxes", True)]
         if len(keep) < len(batch.targets):  # images from sources without box annotations
             index = torch.tensor(keep, device=batch.pixel_values.device)
@@ -153,6 +200,22 @@ class PretrainingObjective(nn.Module):
         out = {f"det/{k}": v for k, v in parts.items()}
         out["detection"] = self.criterion.weighted_loss(parts)
         return out
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward; the gradient is multiplied by `scale` on its way back (no torch op does this)."""
+    return _ScaleGrad.apply(x, scale)
 
 
 def _select(outputs: dict, index: torch.Tensor) -> dict:

@@ -39,6 +39,7 @@ import yaml
 
 from ..builder import build_e2evlp
 from ..checkpoint import load_pretrained
+from ..data.masking import visual_word_ids
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer, TrainerConfig, seed_everything
@@ -201,6 +202,22 @@ def _validation_sources(data_cfg: dict):
     return build_data({**data_cfg, **data_cfg["val"], "kind": "files"})[0]
 
 
+def visual_words_of(data_cfg: dict, tokenizer):
+    """The token ids that `data.mlm_visual_words` names (not in the paper; default none): "shapes" for the shapes
+    world's colour, shape, size and count words, or a list of words. MLM selects them with
+    `data.mlm_visual_probability` (default 0.5) instead of `data.mlm_probability`."""
+    words = data_cfg.get("mlm_visual_words")
+    if words is None:
+        return None
+    if words == "shapes":
+        from ..data.shapes.language import VISUAL_WORDS
+
+        words = VISUAL_WORDS
+    if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+        raise ValueError(f"data.mlm_visual_words={words!r}; expected 'shapes' or a list of words")
+    return visual_word_ids(tokenizer, words)
+
+
 def image_transforms(image_cfg: dict):
     """(train, eval) transforms from the config's data.image section (DETR's defaults when empty)."""
     scales = tuple(image_cfg.get("train_scales", range(480, 801, 32)))
@@ -261,10 +278,14 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
                                      model.config.pad_token_id)
     train_tf, _ = image_transforms(data_cfg.get("image", {}))
     dataset = PretrainingDataset(sources, train_tf, seed=trainer_cfg.seed)
+    visual_ids = visual_words_of(data_cfg, tokenizer)
     collator = PretrainingCollator(tokenizer, max_length=model.config.max_text_length,
                                    mlm_probability=float(data_cfg.get("mlm_probability", 0.15)),
                                    p_negative=float(data_cfg.get("itm_negative_rate", 0.5)), seed=trainer_cfg.seed,
-                                   itm_extra_negatives=int(data_cfg.get("itm_extra_negatives", 0)))
+                                   itm_extra_negatives=int(data_cfg.get("itm_extra_negatives", 0)),
+                                   visual_ids=visual_ids,
+                                   visual_probability=None if visual_ids is None
+                                   else float(data_cfg.get("mlm_visual_probability", 0.5)))
     out = Path(trainer_cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")

@@ -154,7 +154,9 @@ def warm_up_trunk_from_config(config: dict, cache_dir: str | Path | None = None,
     key = {"version": RECIPE_VERSION, "warmup": spec, "backbone": cfg.backbone, "last_stage": cfg.backbone_last_stage,
            "norm": cfg.backbone_norm, "num_classes": cfg.num_classes, "source": detection[0].name,
            "num_attributes": cfg.num_attributes if with_attributes else 0,
-           "data": data_cfg}
+           # only the data that the warm-up reads: the world (or the source's files) and the image transforms;
+           # the rest of the data section (masking, ITM options, the mixture's weights) leaves the trunk as it is
+           "data": {k: v for k, v in data_cfg.items() if k in ("kind", "shapes", "image", detection[0].name)}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     if cache_dir is None:
         world = getattr(setup, "world", None)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from vlpkit.data.shapes.render import BACKGROUNDS
 from vlpkit.data.shapes.scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
 NUMBER_WORDS = (
@@ -128,6 +129,13 @@ REL_WORDS: dict[str, tuple[str, ...]] = {
 }
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 GENERIC_NOUNS = ("shape", "object")
+
+# Words whose meaning only the image gives (colour, shape, size, count): what MLM with visual-word priority
+# masks more often (`vlpkit.data.masking.visual_word_ids`) and what the grounding probe scores
+# (`vlpkit.pretraining.probe`). Relation and position words are left out: "left of" is only decided by a pair.
+VISUAL_WORDS: tuple[str, ...] = (
+    *COLORS, *SHAPES, *(s + "s" for s in SHAPES), *SIZES, *NUMBER_WORDS[1:11], *BACKGROUNDS
+)
 
 # Attribute subsets a description may use; the noun is the shape name or, without "shape", a generic noun.
 _REF_SUBSETS = (

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from vlpkit import E2EVLP
 from vlpkit.demo import run_demo
 
@@ -13,10 +15,14 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                                        "warmup.steps=2", "warmup.batch_size=4"],
                        max_eval_images=6, figure_images=4)
     out = capsys.readouterr().out
-    for name in ("detection AP50", "caption CIDEr", "ITM accuracy", "MLM accuracy"):
+    for name in ("detection AP50", "caption CIDEr", "ITM accuracy", "ITM ranking", "MLM accuracy",
+                 "grounding probe"):
         assert name in out and name in summary["metrics"]
-        assert 0.0 <= summary["metrics"][name]["model"] <= 10.0
+        assert -1.0 <= summary["metrics"][name]["model"] <= 10.0
     assert summary["metrics"]["ITM accuracy"]["baseline"] == 0.5
+    probe = summary["grounding_probe"]
+    assert probe["rows"] > 0
+    assert summary["metrics"]["grounding probe"]["model"] == pytest.approx(probe["right_image"] - probe["other_image"])
     run = tmp_path / "run"
     assert (run / "demo_predictions.png").stat().st_size > 1000
     assert json.loads((run / "demo_metrics.json").read_text())["metrics"].keys() == summary["metrics"].keys()

@@ -24,6 +24,25 @@ def test_parameter_table_matches_generator():
     assert table.strip() == parameter_table().strip()
 
 
+def test_payoff_table_comes_from_the_shipped_config():
+    """The table of `benchmarks/payoff.py` in docs/pretraining.md names the hash of the e2evlp-tiny.yaml it was
+    produced with; once the shipped config changes, the table must be regenerated (or removed)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.payoff import DOCS_BEGIN, DOCS_END, config_sha
+
+    text = (ROOT / "docs" / "pretraining.md").read_text()
+    assert text.count(DOCS_BEGIN) == 1 and text.count(DOCS_END) == 1
+    block = text.split(DOCS_BEGIN)[1].split(DOCS_END)[0]
+    found = re.search(r"config `e2evlp-tiny` sha256 (\w+)", block)
+    if found is None:  # no table generated yet: the block must not hold a hand-written one
+        assert "|" not in block
+        return
+    assert found.group(1) == config_sha(), (
+        "docs/pretraining.md's payoff table was generated from another vlpkit/configs/e2evlp-tiny.yaml; rerun "
+        "python benchmarks/payoff.py --run RUN --write-docs docs/pretraining.md")
+    assert "The run changed the shipped config" not in block, "the payoff table must come from the shipped recipe"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The site of ``mkdocs build --strict``, built once for this module's tests."""

@@ -3,7 +3,7 @@ import pytest
 from vlpkit.config import E2EVLPConfig
 from vlpkit.engine import TrainerConfig
 from vlpkit.presets import PRESETS
-from vlpkit.pretraining.objective import ObjectiveConfig
+from vlpkit.pretraining.objective import PAPER_TASKS, ObjectiveConfig
 from vlpkit.pretraining.run import CONFIG_DIR, load_config
 
 
@@ -158,3 +158,20 @@ def test_a_further_stage_starts_from_a_run_and_keeps_a_frozen_trunk(shapes_setup
                                                   "data.shapes.vocab_size=150"])
     with pytest.raises(ValueError, match="does not fit this data: vocab_size is"):
         pretrain(other)
+
+
+@pytest.mark.parametrize("name", [f"e2evlp-{n}-r{d}" for n in (6, 12) for d in (50, 101, 152)])
+def test_paper_configs_leave_the_grounding_options_off(name):
+    """Options added for grounding on the shapes world are not in the paper, so no paper config turns one on
+    (docs/paper_fidelity.md lists them)."""
+    cfg = load_config(name)
+    objective = ObjectiveConfig.from_dict(cfg.get("objective", {}))
+    assert set(objective.tasks) <= set(PAPER_TASKS)
+    assert objective.encoder_grad_scale == {}
+    data = cfg["data"]
+    assert data.get("mlm_visual_words") is None and not data.get("itm_extra_negatives")
+    assert not cfg.get("model", {}).get("frozen_trunk")
+    assert all(set(s.get("tasks", PAPER_TASKS)) <= set(PAPER_TASKS) for s in data.get("sources", []))
+    text = (CONFIG_DIR.parents[1] / "docs" / "paper_fidelity.md").read_text()
+    for option in ("mlm_visual_words", "encoder_grad_scale", "itc_temperature", "itm_extra_negatives"):
+        assert option in text

@@ -181,8 +181,6 @@ def finetune(task: str, checkpoint, setup, settings: Settings, seed: int, output
     the ablation's budget; -> {"accuracy", "seconds", "train_loss_first", "train_loss_last", ...}."""
     from vlpkit.engine import seed_everything
     from vlpkit.pretraining.run import load_config
-    from vlpkit.tasks.nlvr2 import NLVR2Config, NLVR2Data, finetune_nlvr2
-    from vlpkit.tasks.vqa import VQAConfig, VQAData, finetune_vqa
 
     trainer = load_config(settings.config).get("trainer", {})
     recipe = dict(batch_size=settings.finetune_batch, lr=float(trainer.get("lr", 1e-4)),
@@ -193,21 +191,29 @@ def finetune(task: str, checkpoint, setup, settings: Settings, seed: int, output
     shutil.rmtree(output_dir, ignore_errors=True)
     seed_everything(seed)  # the new head is drawn before the trainer seeds
     start, cpu = time.perf_counter(), time.process_time()
-    split = EVAL_SPLITS[task]
-    if task == "vqa":  # only the scored split is evaluated (not test / test1)
-        data = VQAData.from_shapes(setup)
-        data = dataclasses.replace(data, eval={split: data.eval[split]})
-        report = finetune_vqa(checkpoint, data, output_dir, VQAConfig(**recipe, answer_min_count=1), overrides)
-    else:
-        data = NLVR2Data.from_shapes(setup)
-        data = dataclasses.replace(data, eval={split: data.eval[split]})
-        report = finetune_nlvr2(checkpoint, data, output_dir, NLVR2Config(**recipe), overrides)
+    report = finetune_scored(task, checkpoint, setup, recipe, overrides, output_dir)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    metrics = report["metrics"][split]
+    metrics = report["metrics"][EVAL_SPLITS[task]]
     out = {"accuracy": float(metrics["accuracy"]), "seconds": seconds, "cpu_seconds": cpu,
            "train_loss_first": report.get("train_loss_first"), "train_loss_last": report.get("train_loss_last")}
     out.update({k: float(v) for k, v in metrics.items() if k.startswith("accuracy_") or k == "consistency"})
     return out
+
+
+def finetune_scored(task: str, checkpoint, setup, recipe: dict, overrides: dict, output_dir: Path) -> dict:
+    """Fine-tune "vqa" or "nlvr2" on the world (`setup`) with a recipe (task config fields) and trainer overrides,
+    evaluating only the scored split (VQA val, NLVR2 dev; not test / test1); -> the task's report."""
+    from vlpkit.tasks.nlvr2 import NLVR2Config, NLVR2Data, finetune_nlvr2
+    from vlpkit.tasks.vqa import VQAConfig, VQAData, finetune_vqa
+
+    split = EVAL_SPLITS[task]
+    if task == "vqa":
+        data = VQAData.from_shapes(setup)
+        data = dataclasses.replace(data, eval={split: data.eval[split]})
+        return finetune_vqa(checkpoint, data, output_dir, VQAConfig(**recipe, answer_min_count=1), overrides)
+    data = NLVR2Data.from_shapes(setup)
+    data = dataclasses.replace(data, eval={split: data.eval[split]})
+    return finetune_nlvr2(checkpoint, data, output_dir, NLVR2Config(**recipe), overrides)
 
 
 def run_one(variant: str, seed: int, settings: Settings, setup, workdir: Path, keep_weights: bool) -> dict:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.ablation import baselines  # noqa: E402  (the world's blind baselines and ceilings)
+from benchmarks.ablation import baselines, finetune_scored  # noqa: E402  (blind baselines, fine-tuning)
 
 DOCS_BEGIN = "<!-- payoff:begin -->"
 DOCS_END = "<!-- payoff:end -->"
@@ -87,25 +87,13 @@ def control_model(run: Path, out: Path, seed: int = 0) -> Path:
 
 
 def finetune(task: str, checkpoint: Path, setup, settings: Settings, seed: int, output_dir: Path) -> dict:
-    from vlpkit.tasks.nlvr2 import NLVR2Config, NLVR2Data, finetune_nlvr2
-    from vlpkit.tasks.vqa import VQAConfig, VQAData, finetune_vqa
-
-    split = TASKS[task]
     recipe = dict(batch_size=settings.batch_size, lr=settings.lr, backbone_lr=0.0, frozen_trunk=True,
                   lr_drop_epochs=[], seed=seed)
     overrides = {"max_steps": settings.vqa_steps if task == "vqa" else settings.nlvr2_steps, "progress_bar": False,
                  "save_every": 0, "keep_last": 1, "log_every": 0, "eval_every": 0}
     shutil.rmtree(output_dir, ignore_errors=True)
     start = time.perf_counter()
-    if task == "vqa":
-        data = VQAData.from_shapes(setup)
-        data = dataclasses.replace(data, eval={split: data.eval[split]})
-        report = finetune_vqa(checkpoint, data, output_dir, VQAConfig(**recipe, answer_min_count=1), overrides)
-    else:
-        data = NLVR2Data.from_shapes(setup)
-        data = dataclasses.replace(data, eval={split: data.eval[split]})
-        report = finetune_nlvr2(checkpoint, data, output_dir, NLVR2Config(**recipe), overrides)
-    metrics = report["metrics"][split]
+    metrics = finetune_scored(task, checkpoint, setup, recipe, overrides, output_dir)["metrics"][TASKS[task]]
     out = {"accuracy": float(metrics["accuracy"]), "seconds": time.perf_counter() - start}
     out.update({k: float(v) for k, v in metrics.items() if k.startswith("accuracy_")})
     for sub in ("checkpoints", "model"):

@@ -47,8 +47,12 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
     coco = json.loads(world.instances("val").read_text())
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     images = [Image.open(world.image_dir("val") / files[i]).convert("RGB") for i in ids]
+    shown = ("detection AP50", "caption CIDEr", "ITM accuracy", "ITM ranking", "MLM accuracy", "grounding probe")
+    parts = [f"{k} {report['metrics'][k][0]:.2f} (baseline {report['metrics'][k][1]:.2f})"
+             for k in shown if k in report["metrics"]]
+    title = "\n".join("   ".join(parts[i:i + 3]) for i in range(0, len(parts), 3))
     fig = prediction_grid(images, [report["predictions"][i] for i in ids], result.setup.object_vocab.tokens,
-                          result.setup.attribute_vocab.tokens)
+                          result.setup.attribute_vocab.tokens, title=title)
     fig.savefig(out / "demo_predictions.png", dpi=110)
     summary = {"metrics": {k: {"model": v, "baseline": b} for k, (v, b) in report["metrics"].items()},
                "train_seconds": train_seconds, "total_seconds": total,

@@ -41,8 +41,10 @@ def wrap_title(text: str, width: int = 44, max_lines: int = 3) -> str:
 
 
 def prediction_grid(images, predictions: Sequence[dict], class_names: Sequence[str],
-                    attribute_names: Sequence[str] | None = None, score_threshold: float = 0.5, columns: int = 4):
-    """A figure of images with their kept detections (score >= threshold) and generated captions."""
+                    attribute_names: Sequence[str] | None = None, score_threshold: float = 0.5, columns: int = 4,
+                    title: str | None = None):
+    """A figure of images with their kept detections (score >= threshold) and generated captions, and an optional
+    `title` above them (the demo puts its metrics there)."""
     import matplotlib.pyplot as plt
 
     rows = -(-len(images) // columns)
@@ -58,5 +60,7 @@ def prediction_grid(images, predictions: Sequence[dict], class_names: Sequence[s
                 name = " ".join([attribute_names[a] for a in pred["attributes"][k]] + [name])
             names.append(name)
         draw_detections(ax, image, pred["boxes"][keep], names, pred["scores"][keep], pred.get("caption"))
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

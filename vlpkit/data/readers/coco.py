@@ -31,10 +31,13 @@ from .images import (
     ImageReader,
     Transforms,
     check_size,
+    is_number,
     load_rgb,
     read_json,
+    require_int,
     require_keys,
     require_type,
+    require_unique,
 )
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
@@ -46,12 +49,27 @@ def load_coco(path: str | Path, expected: str, ann_keys: tuple[str, ...], need_c
     require_keys(data, ("images", "annotations") + (("categories",) if need_categories else ()), "the top level", path)
     for key in ("images", "annotations") + (("categories",) if need_categories else ()):
         require_type(data[key], list, f"'{key}'", path)
+    # Ids and sizes are checked before pycocotools indexes them: it would crash on an unhashable id, and its
+    # dicts keyed by id would keep only the last of two records with the same id.
     for i, img in enumerate(data["images"]):
         require_keys(img, _IMAGE_KEYS, f"images[{i}]", path)
+        require_int(img["id"], f"images[{i}]['id']", path)
+        require_type(img["file_name"], str, f"images[{i}]['file_name']", path)
+        for key in ("height", "width"):
+            require_int(img[key], f"images[{i}]['{key}']", path, minimum=1)
+    require_unique(((f"images[{i}]", img["id"]) for i, img in enumerate(data["images"])), "image id", path)
     for i, ann in enumerate(data["annotations"]):
         require_keys(ann, ann_keys, f"annotations[{i}]", path)
+        for key in ("id", "image_id", "category_id"):
+            if key in ann_keys:
+                require_int(ann[key], f"annotations[{i}]['{key}']", path)
+    require_unique(((f"annotations[{i}]", a["id"]) for i, a in enumerate(data["annotations"])), "annotation id", path)
     for i, cat in enumerate(data.get("categories", []) if need_categories else []):
         require_keys(cat, ("id", "name"), f"categories[{i}]", path)
+        require_int(cat["id"], f"categories[{i}]['id']", path)
+        require_type(cat["name"], str, f"categories[{i}]['name']", path)
+    if need_categories:
+        require_unique(((f"categories[{i}]", c["id"]) for i, c in enumerate(data["categories"])), "category id", path)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -163,9 +181,13 @@ class CocoDetection(ImageReader):
         anns = coco.dataset["annotations"]
         for ann in anns:
             bbox = ann["bbox"]
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_number(v) for v in bbox)
+                    and bbox[2] >= 0 and bbox[3] >= 0):
                 raise DataFileError(f"{instances_json}: annotation id {ann['id']} has bbox {bbox!r}; "
-                                    "expected [x, y, width, height]")
+                                    "expected [x, y, width, height] (finite numbers, width and height >= 0)")
+            if ann.get("iscrowd", 0) not in (0, 1) or type(ann.get("iscrowd", 0)) is not int:
+                raise DataFileError(f"{instances_json}: annotation id {ann['id']} has iscrowd {ann['iscrowd']!r}; "
+                                    "expected 0 or 1")
             if ann["category_id"] not in coco.cats:
                 raise DataFileError(f"{instances_json}: annotation id {ann['id']} has category_id "
                                     f"{ann['category_id']}, absent from 'categories'")

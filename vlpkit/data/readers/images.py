@@ -13,6 +13,7 @@ Two kinds of bad input, two policies:
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -86,6 +87,44 @@ def require_keys(record: Any, keys: Iterable[str], where: str, path: str | Path)
     if missing:
         raise DataFileError(f"{path}: {where} lacks key(s) {missing}; expected keys {keys}, found {sorted(record)}")
     return record
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def require_int(value: Any, where: str, path: str | Path, minimum: int | None = None) -> int:
+    """`value` if it is a JSON integer (not a bool, within int64) >= `minimum`, else a `DataFileError` naming the
+    file, the location and the value: ids and image sizes must not be silently rounded, cast or parsed."""
+    if type(value) is not int or not -(2**63) <= value < 2**63 or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise DataFileError(f"{path}: {where} is {_shown(value)}; expected an integer{bound}")
+    return value
+
+
+def require_number(value: Any, where: str, path: str | Path, minimum: float | None = None) -> float:
+    """`value` if it is a finite JSON number (not a bool, not NaN / Infinity) >= `minimum`, else a `DataFileError`
+    (a NaN or infinite box coordinate would otherwise be clipped or dropped as "degenerate" without a word)."""
+    if not is_number(value) or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise DataFileError(f"{path}: {where} is {_shown(value)}; expected a finite number{bound}")
+    return value
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number (what `require_number` accepts without a bound)."""
+    return type(value) is float and math.isfinite(value) or type(value) is int and -(2**63) <= value < 2**63
+
+
+def require_unique(ids: Iterable[tuple[str, Any]], what: str, path: str | Path) -> None:
+    """`ids` are (location, id) pairs; a `DataFileError` naming both locations when an id appears twice (a dict
+    keyed by id would otherwise keep the last record and drop the first without a word)."""
+    seen: dict[Any, str] = {}
+    for where, value in ids:
+        if value in seen:
+            raise DataFileError(f"{path}: {what} {_shown(value)} appears twice, at {seen[value]} and {where}")
+        seen[value] = where
 
 
 def check_image_root(image_root: str | Path) -> Path:

@@ -15,7 +15,17 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .images import DataFileError, ImageReader, Transforms, load_rgb, read_json, require_keys, require_type
+from .images import (
+    DataFileError,
+    ImageReader,
+    Transforms,
+    load_rgb,
+    read_json,
+    require_int,
+    require_keys,
+    require_type,
+    require_unique,
+)
 
 SPLITS = ("train", "val", "test", "restval")
 EXPECTED = "Karpathy split file (dataset_*.json: {'images': [{filename, split, sentences: [{raw}]}]})"
@@ -45,16 +55,31 @@ class KarpathyDataset(ImageReader):
         self.dataset_name = data.get("dataset", "")
         self.split_counts: Counter = Counter()
         self._images = []
+        image_ids = []
         for i, img in enumerate(data["images"]):
             require_keys(img, ("filename", "split", "sentences"), f"images[{i}]", json_path)
+            for key in ("filename", "filepath"):
+                if key in img:
+                    require_type(img[key], str, f"images[{i}]['{key}']", json_path)
             require_type(img["sentences"], list, f"images[{i}]['sentences']", json_path)
             for j, sent in enumerate(img["sentences"]):
                 require_keys(sent, ("raw",), f"images[{i}]['sentences'][{j}]", json_path)
+                require_type(sent["raw"], str, f"images[{i}]['sentences'][{j}]['raw']", json_path)
+                if "sentid" in sent:
+                    require_int(sent["sentid"], f"images[{i}]['sentences'][{j}]['sentid']", json_path)
             if img["split"] not in SPLITS:
                 raise DataFileError(f"{json_path}: images[{i}] has split {img['split']!r}; expected one of {SPLITS}")
+            if "cocoid" not in img and "imgid" not in img:
+                raise DataFileError(f"{json_path}: images[{i}] has neither 'cocoid' nor 'imgid'; one of them is its "
+                                    f"image_id; found keys {sorted(img)}")
+            for key in ("cocoid", "imgid"):
+                if key in img:
+                    require_int(img[key], f"images[{i}]['{key}']", json_path)
+            image_ids.append((f"images[{i}]", img.get("cocoid", img.get("imgid"))))
             self.split_counts[img["split"]] += 1
             if img["split"] in splits:
                 self._images.append(img)
+        require_unique(image_ids, "image id (cocoid, else imgid)", json_path)
         if not self._images:
             raise DataFileError(f"{json_path} has no image in split(s) {list(splits)}; "
                                 f"its splits are {dict(self.split_counts)}")
@@ -72,7 +97,7 @@ class KarpathyDataset(ImageReader):
         i, j = self._items[self._check_index(index)]
         img = self._images[i]
         path = self.image_root / img.get("filepath", "") / img["filename"]
-        out = {"image_id": img.get("cocoid", img.get("imgid", i)), "path": path, "split": img["split"],
+        out = {"image_id": img.get("cocoid", img.get("imgid")), "path": path, "split": img["split"],
                "filename": img["filename"]}
         if j is None:
             out["captions"] = [s["raw"].strip() for s in img["sentences"]]

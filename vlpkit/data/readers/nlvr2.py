@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .images import DataFileError, ImageReader, Transforms, load_rgb, read_jsonl
+from .images import DataFileError, ImageReader, Transforms, load_rgb, read_jsonl, require_type
 
 EXPECTED = "NLVR2 JSON-lines file (one {identifier, sentence, label} object per line)"
 LABELS = {"true": 1, "false": 0}
@@ -49,11 +49,21 @@ class NLVR2Dataset(ImageReader):
         super().__init__(image_root, transforms, on_bad_image)
         self.path = Path(jsonl_path)
         self._items = []
+        first_seen: dict[str, int] = {}
         for lineno, rec in enumerate(read_jsonl(jsonl_path, EXPECTED), start=1):
             missing = [k for k in ("identifier", "sentence", "label") if k not in rec]
             if missing:
                 raise DataFileError(f"{jsonl_path} record {lineno} lacks key(s) {missing}; expected keys "
                                     f"['identifier', 'sentence', 'label'], found {sorted(rec)}")
+            for key in ("identifier", "sentence"):
+                require_type(rec[key], str, f"record {lineno} '{key}'", jsonl_path)
+            if rec["identifier"] in first_seen:
+                raise DataFileError(f"{jsonl_path} record {lineno}: identifier {rec['identifier']!r} appears twice "
+                                    f"(records {first_seen[rec['identifier']]} and {lineno})")
+            first_seen[rec["identifier"]] = lineno
+            if "directory" in rec and type(rec["directory"]) not in (int, str):
+                raise DataFileError(f"{jsonl_path} record {lineno}: directory {rec['directory']!r}; expected the "
+                                    "train image subfolder as a JSON integer or string")
             label = LABELS.get(str(rec["label"]).lower())
             if label is None:
                 raise DataFileError(f"{jsonl_path} record {lineno}: label {rec['label']!r}; expected 'True' or 'False'")

@@ -45,8 +45,11 @@ from .images import (
     check_size,
     load_rgb,
     read_json,
+    require_int,
     require_keys,
+    require_number,
     require_type,
+    require_unique,
 )
 
 _WS = re.compile(r"\s+")
@@ -86,12 +89,41 @@ def _load_list(source: str | Path | list, kind: str, item_keys: tuple[str, ...],
     return data, path
 
 
+def _check_box(entry: dict, keys: tuple[str, str, str, str], where: str, path: str) -> None:
+    """x, y finite; width, height finite and >= 0 (a NaN or negative size is not a "degenerate" box to drop)."""
+    for k in keys:
+        require_number(entry[k], f"{where}['{k}']", path, minimum=0 if k in keys[2:] else None)
+
+
 def _load_objects(source):
-    return _load_list(source, "objects", ("image_id",), "objects", ("object_id", "x", "y", "w", "h", "names"))
+    data, path = _load_list(source, "objects", ("image_id",), "objects", ("object_id", "x", "y", "w", "h", "names"))
+    for i, item in enumerate(data):
+        require_int(item["image_id"], f"[{i}]['image_id']", path)
+        for j, obj in enumerate(item["objects"]):
+            require_int(obj["object_id"], f"[{i}]['objects'][{j}]['object_id']", path)
+            _check_box(obj, ("x", "y", "w", "h"), f"[{i}]['objects'][{j}]", path)
+            _first_name(obj, path)
+    require_unique(((f"[{i}]", item["image_id"]) for i, item in enumerate(data)), "image_id", path)
+    return data, path
 
 
 def _load_attributes(source):
-    return _load_list(source, "attributes", ("image_id",), "attributes", ("object_id",))
+    data, path = _load_list(source, "attributes", ("image_id",), "attributes", ("object_id",))
+    names_of: dict[int, tuple[str, list[str]]] = {}  # object_id -> (where, its attribute names)
+    for i, item in enumerate(data):
+        for j, rec in enumerate(item["attributes"]):
+            where = f"[{i}]['attributes'][{j}]"
+            require_int(rec["object_id"], f"{where}['object_id']", path)
+            names = rec.get("attributes")
+            if names is not None:
+                require_type(names, list, f"{where}['attributes']", path)
+                for k, name in enumerate(names):
+                    require_type(name, str, f"{where}['attributes'][{k}]", path)
+            seen = names_of.setdefault(rec["object_id"], (where, _attribute_names(rec)))
+            if seen[1] != _attribute_names(rec):
+                raise DataFileError(f"{path}: object_id {rec['object_id']} has two different attribute records, "
+                                    f"{seen[0]} and {where}")
+    return data, path
 
 
 def _first_name(obj: dict, path: str) -> str:
@@ -156,7 +188,13 @@ class VisualGenome(ImageReader):
         images = {}
         for i, rec in enumerate(image_data):
             require_keys(rec, ("image_id", "width", "height"), f"[{i}]", image_data_json)
+            require_int(rec["image_id"], f"[{i}]['image_id']", image_data_json)
+            for key in ("width", "height"):
+                require_int(rec[key], f"[{i}]['{key}']", image_data_json, minimum=1)
+            if rec.get("url") is not None:
+                require_type(rec["url"], str, f"[{i}]['url']", image_data_json)
             images[rec["image_id"]] = rec
+        require_unique(((f"[{i}]", rec["image_id"]) for i, rec in enumerate(image_data)), "image_id", image_data_json)
         objects, obj_path = _load_objects(objects_json)
         attributes, _ = _load_attributes(attributes_json)
 
@@ -218,6 +256,12 @@ class VisualGenome(ImageReader):
     def _read_regions(self, path: str | Path) -> None:
         regions, path = _load_list(path, "regions", ("id",), "regions",
                                    ("phrase", "x", "y", "width", "height"))
+        for i, item in enumerate(regions):
+            require_int(item["id"], f"[{i}]['id']", path)
+            for j, region in enumerate(item["regions"]):
+                require_type(region["phrase"], str, f"[{i}]['regions'][{j}]['phrase']", path)
+                _check_box(region, ("x", "y", "width", "height"), f"[{i}]['regions'][{j}]", path)
+        require_unique(((f"[{i}]", item["id"]) for i, item in enumerate(regions)), "id", path)
         sizes = {it["record"]["image_id"]: (it["record"]["width"], it["record"]["height"]) for it in self._items}
         for item in regions:
             if item["id"] not in sizes:

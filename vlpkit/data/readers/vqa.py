@@ -37,8 +37,10 @@ from .images import (
     Transforms,
     load_rgb,
     read_json,
+    require_int,
     require_keys,
     require_type,
+    require_unique,
 )
 
 QUESTIONS = "VQA questions file (v2_OpenEnded_mscoco_*_questions.json: {'questions': [...]})"
@@ -64,6 +66,13 @@ def _load_questions(path: str | Path) -> dict:
     require_type(data["questions"], list, "'questions'", path)
     for i, q in enumerate(data["questions"]):
         require_keys(q, ("question_id", "image_id", "question"), f"questions[{i}]", path)
+        for key in ("question_id", "image_id"):
+            require_int(q[key], f"questions[{i}]['{key}']", path)
+        require_type(q["question"], str, f"questions[{i}]['question']", path)
+    require_unique(((f"questions[{i}]", q["question_id"]) for i, q in enumerate(data["questions"])),
+                   "question_id", path)
+    if "data_subtype" in data:
+        require_type(data["data_subtype"], str, "'data_subtype'", path)
     return data
 
 
@@ -71,8 +80,17 @@ def _load_annotations(path: str | Path) -> list[dict]:
     data = read_json(path, ANNOTATIONS)
     require_keys(data, ("annotations",), "the top level", path)
     require_type(data["annotations"], list, "'annotations'", path)
+    first: dict[int, int] = {}  # question_id -> index of its annotation
     for i, a in enumerate(data["annotations"]):
         require_keys(a, _ANN_KEYS, f"annotations[{i}]", path)
+        for key in ("question_id", "image_id"):
+            require_int(a[key], f"annotations[{i}]['{key}']", path)
+        for key in ("multiple_choice_answer", "answer_type", "question_type"):
+            require_type(a[key], str, f"annotations[{i}]['{key}']", path)
+        if a["question_id"] in first:
+            raise DataFileError(f"{path}: question_id {a['question_id']} is annotated twice "
+                                f"(annotations[{first[a['question_id']]}] and annotations[{i}])")
+        first[a["question_id"]] = i
         require_type(a["answers"], list, f"annotations[{i}]['answers']", path)
         if not a["answers"]:
             raise DataFileError(f"{path}: annotations[{i}] (question_id {a['question_id']}) has no answers")
@@ -155,11 +173,7 @@ class VQADataset(ImageReader):
             self._match_annotations(_load_annotations(annotations_json), questions_json, annotations_json)
 
     def _match_annotations(self, anns: list[dict], q_path, a_path) -> None:
-        by_qid = {}
-        for a in anns:
-            if a["question_id"] in by_qid:
-                raise DataFileError(f"{a_path}: question_id {a['question_id']} is annotated twice")
-            by_qid[a["question_id"]] = a
+        by_qid = {a["question_id"]: a for a in anns}  # unique: checked by _load_annotations
         q_ids = [q["question_id"] for q in self._questions]
         if set(q_ids) != set(by_qid) or len(q_ids) != len(by_qid):
             extra_q, extra_a = sorted(set(q_ids) - set(by_qid)), sorted(set(by_qid) - set(q_ids))

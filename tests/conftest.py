@@ -29,3 +29,13 @@ def realdata() -> Path:
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` run only with VLPKIT_SLOW=1 (`make test` stays within its time budget)."""
+    if os.environ.get("VLPKIT_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: set VLPKIT_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -3,17 +3,17 @@
 import json
 
 import pytest
+import torch
 
 from vlpkit import E2EVLP
 from vlpkit.demo import run_demo
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    summary = run_demo("e2evlp-tiny", [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2",
-                                       "trainer.batch_size=4", "trainer.progress_bar=false",
-                                       f"data.shapes.root={tmp_path / 'world'}", "data.shapes.num_images=40",
-                                       "warmup.steps=2", "warmup.batch_size=4"],
-                       max_eval_images=6, figure_images=4)
+    overrides = [f"trainer.output_dir={tmp_path / 'run'}", "trainer.max_steps=2", "trainer.batch_size=4",
+                 "trainer.progress_bar=false", f"data.shapes.root={tmp_path / 'world'}", "data.shapes.num_images=40",
+                 "warmup.steps=2", "warmup.batch_size=4"]
+    summary = run_demo("e2evlp-tiny", overrides, max_eval_images=6, figure_images=4)
     out = capsys.readouterr().out
     for name in ("detection AP50", "caption CIDEr", "ITM accuracy", "ITM ranking", "MLM accuracy",
                  "grounding probe"):
@@ -32,3 +32,10 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     weights = json.loads((run / "pretrain_config.json").read_text())["model"]["overrides"]["backbone_weights"]
     assert weights.startswith(str(tmp_path / "world")) and weights.endswith(".safetensors")
     assert "trunk warm-up" in out
+    # a second demo in the same folder re-evaluates the finished run instead of ending in a traceback
+    before = E2EVLP.from_pretrained(run / "model").state_dict()
+    again = run_demo("e2evlp-tiny", overrides, max_eval_images=6, figure_images=4)
+    assert "resumed from" in capsys.readouterr().out
+    after = E2EVLP.from_pretrained(run / "model").state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert again["metrics"]["detection AP50"] == pytest.approx(summary["metrics"]["detection AP50"])

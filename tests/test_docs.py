@@ -178,3 +178,15 @@ def test_every_module_has_an_api_reference():
     assert not missing, f"modules without an API reference page (add `::: name` to a page of docs/): {missing}"
     unknown = sorted(d for d in documented if d not in modules and not (ROOT / d.replace(".", "/")).is_dir())
     assert not unknown, f"`:::` directives naming no vlpkit module: {unknown}"
+
+
+def test_reliability_cases_name_tests_that_exist():
+    """Every row of docs/reliability.md's run-folder table names a test function that exists (so the page cannot
+    claim a case nobody checks)."""
+    root = ROOT
+    page = (root / "docs" / "reliability.md").read_text()
+    table = page.split("<!-- run-folder-cases -->")[1].split("<!-- /run-folder-cases -->")[0]
+    named = re.findall(r"`(tests/[\w/]+\.py)::(test_\w+)`", table)
+    assert len(named) >= 11
+    for path, name in named:
+        assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), f"{path}::{name} is not a test"

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
@@ -18,6 +18,19 @@ WEIGHTS_NAME = "model.safetensors"
 
 class CheckpointMismatchError(RuntimeError):
     """Weights that do not fit the model: lists missing keys, unexpected keys and shape mismatches."""
+
+
+class CorruptFileError(RuntimeError):
+    """A weights or state file that cannot be read: truncated, overwritten or not the format its name says."""
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file`, with an error naming the file when it is truncated or corrupt."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CorruptFileError(f"{path} is truncated or corrupt ({err}); restore it or load another "
+                               "checkpoint") from None
 
 
 def _umask() -> int:
@@ -68,7 +81,7 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> tup
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path} (expected a .safetensors file)")
-    state = load_file(str(path))
+    state = read_safetensors(path)
     own = model.state_dict()
     aliases = _tied_aliases(model)
     groups: dict[str, list[str]] = {}
@@ -99,15 +112,38 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain state dict from `.safetensors` (preferred) or a `.pth`/`.pt` file read with weights_only=True."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+        return read_safetensors(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CorruptFileError(f"{path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
+
+
+def save_model_config(config, path: str | Path) -> Path:
+    """Write a saved model's `config.json` without `backbone_weights`: the trunk's initial weights are a
+    training-time input (an ImageNet name, a warm-up file in a cache) that the saved weights already contain, so
+    a saved model never points at a file outside its folder."""
+    if getattr(config, "backbone_weights", None) is not None:
+        config = config.replace(backbone_weights=None)
+    return atomic_write(path, lambda tmp: config.save(tmp))
+
+
+def load_model_config(path: str | Path):
+    """The `E2EVLPConfig` of a saved model, ready to build the model its weights fit. `backbone_weights` is
+    dropped (folders written before `save_model_config` recorded it; building would load that file only for the
+    saved weights to replace it, and it may no longer exist)."""
+    from .config import E2EVLPConfig
+
+    config = E2EVLPConfig.load(path)
+    return config.replace(backbone_weights=None) if config.backbone_weights is not None else config
 
 
 def save_pretrained(model, directory: str | Path) -> Path:
-    """`directory/config.json` + `directory/model.safetensors`."""
+    """`directory/config.json` (without the trunk's initial weights, `save_model_config`) +
+    `directory/model.safetensors`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / CONFIG_NAME, lambda tmp: model.config.save(tmp))
+    save_model_config(model.config, directory / CONFIG_NAME)
     save_weights(model, directory / WEIGHTS_NAME, metadata={"format": "pt", "library": "vlpkit"})
     return directory
 
@@ -115,13 +151,12 @@ def save_pretrained(model, directory: str | Path) -> Path:
 def load_pretrained(directory: str | Path, **overrides):
     """Build the model described by `directory/config.json` and load its weights strictly."""
     from .builder import build_e2evlp
-    from .config import E2EVLPConfig
 
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"pretrained directory not found: {directory} "
                                 f"(expected {CONFIG_NAME} and {WEIGHTS_NAME} written by save_pretrained)")
-    config = E2EVLPConfig.load(directory / CONFIG_NAME)
+    config = load_model_config(directory / CONFIG_NAME)
     model = build_e2evlp(config, **overrides)
     load_weights(model, directory / WEIGHTS_NAME, strict=True)
     return model

@@ -30,15 +30,10 @@ TASKS = ("caption", "detection", "nlvr2", "retrieval", "vqa")
 
 
 def _parse_value(text: str):
-    """A `--set` value as YAML, with exponent numbers such as `1e-3` read as floats (YAML 1.1 wants `1.0e-3`)."""
-    import re
+    """A `--set` value as YAML 1.2 (`1e-3` is a float, `no` a string; vlpkit.yamlio)."""
+    from .yamlio import load_yaml
 
-    import yaml
-
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
-        return float(value)
-    return value
+    return load_yaml(text, f"--set value {text!r}")
 
 
 def _split_overrides(items: list[str]) -> tuple[dict, dict]:
@@ -59,7 +54,7 @@ def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None):
     detection) -> its path."""
     from pathlib import Path
 
-    import yaml
+    from .yamlio import load_yaml_file
 
     if data == "shapes":
         from .pretraining.shapes import prepare_shapes
@@ -74,7 +69,7 @@ def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None):
     if not path.is_file():
         raise SystemExit(f"--data {data!r}: expected 'shapes', a YAML/JSON file of dataset paths or a dataset "
                          "folder (a COCO root for detection)")
-    return yaml.safe_load(path.read_text())
+    return load_yaml_file(path)
 
 
 def _checkpoint(path: str | None):
@@ -228,8 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. The errors a user can fix (a bad config, a locked, full or damaged run folder, a run folder
+    that would be overwritten) are printed as one line, without a traceback, with exit status 2."""
+    from .checkpoint import CheckpointMismatchError, CorruptFileError
+    from .config import ConfigError
+    from .engine.run_dir import RunDirError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, RunDirError, CorruptFileError, CheckpointMismatchError, FileExistsError) as err:
+        print(f"vlpkit {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

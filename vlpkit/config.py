@@ -11,14 +11,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .schema import ConfigError, check_fields
+
+__all__ = ["ConfigError", "E2EVLPConfig"]
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 POSITION_EMBEDDINGS = ("sine", "learned")
 ACTIVATIONS = ("relu", "gelu")
 BACKBONE_NORMS = ("frozen_bn", "batch_norm")
-
-
-class ConfigError(ValueError):
-    """An unknown or invalid configuration field."""
 
 
 @dataclass
@@ -87,6 +87,7 @@ class E2EVLPConfig:
             if not ok:
                 raise ConfigError(msg)
 
+        check_fields(self)  # types first: the checks below compare numbers
         check(self.backbone in BACKBONES, f"backbone={self.backbone!r}; expected one of {BACKBONES}")
         check(self.position_embedding in POSITION_EMBEDDINGS,
               f"position_embedding={self.position_embedding!r}; expected one of {POSITION_EMBEDDINGS}")

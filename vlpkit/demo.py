@@ -28,7 +28,9 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
     cfg = with_warm_trunk(cfg, progress=cfg["trainer"].get("progress_bar", True))
     print(f"vlpkit demo: pretraining {cfg['model'].get('preset')} on the shapes world "
           f"({cfg['trainer'].get('max_steps')} steps); output in {cfg['trainer'].get('output_dir')}", flush=True)
-    result = pretrain(cfg)
+    # a second run continues (or, when finished, re-evaluates) the run already in output_dir; delete the folder to
+    # start over
+    result = pretrain(cfg, resume=True)
     train_seconds = time.perf_counter() - start
     world, tokenizer, model = result.setup.world, result.tokenizer, result.model
     _, eval_tf = image_transforms(cfg["data"].get("image", {}))

@@ -31,15 +31,29 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, is_xpu_available, send_to_device
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    broadcast_object_list,
+    is_xpu_available,
+    send_to_device,
+)
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_weights, save_weights
+from ..checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write,
+    load_weights,
+    save_model_config,
+    save_weights,
+)
 from ..config import ConfigError
+from ..schema import check_fields
 from .logging import MetricLogger
 from .optim import build_optimizer, build_scheduler, check_lr_groups
+from .run_dir import RunDirError, RunLock, check_writable, describe_stale
 from .sampler import ResumableDistributedSampler
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
 from .state import (
@@ -49,6 +63,7 @@ from .state import (
     resolve_checkpoint,
     rng_state_name,
     save_torch,
+    write_checksums,
 )
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -111,7 +126,6 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         self.output_dir = str(self.output_dir)
-        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
         self.validate()
 
     def validate(self) -> None:
@@ -119,11 +133,7 @@ class TrainerConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", "float"):
-                check(isinstance(value, (int, float)) and not isinstance(value, bool),
-                      f"{f.name}={value!r} ({type(value).__name__}); expected a number")
+        check_fields(self)  # types first: the checks below compare numbers
         check(self.mixed_precision in MIXED_PRECISIONS,
               f"mixed_precision={self.mixed_precision!r}; expected one of {MIXED_PRECISIONS}")
         check(self.nan_policy in NAN_POLICIES, f"nan_policy={self.nan_policy!r}; expected one of {NAN_POLICIES}")
@@ -281,6 +291,9 @@ class Trainer:
         self.term_names: list[str] | None = None
         self._resumed = False
         self._saved_step: int | None = None  # step of the checkpoint on disk that matches the weights
+        self._lock: RunLock | None = None
+        self._started = False
+        self._ran = False  # checkpoints in output_dir are this trainer's own (a second train() call extends them)
 
     # ---- properties ----------------------------------------------------------------------------------
     @property
@@ -291,6 +304,60 @@ class Trainer:
     @property
     def output_dir(self) -> Path:
         return Path(self.config.output_dir)
+
+    # ---- the run folder --------------------------------------------------------------------------------
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint: the weights plus AdamW's two float32 moments per trained value."""
+        seen, total = set(), 0
+        for tensor in self.model.state_dict().values():
+            if tensor.data_ptr() not in seen or not tensor.numel():
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+        return total + sum(2 * 4 * p.numel() for p in self.params)
+
+    def start(self, resume: bool = False) -> None:
+        """Every check of the output folder, before anything in it changes: take its lock (a second run into
+        the same folder is refused at once), check that it is writable with room for a checkpoint, then either
+        resume from its latest intact checkpoint or refuse a folder that holds another run's checkpoints.
+        `train()` calls it; call it first yourself to write your own files only once every check has passed
+        (as `vlpkit.pretraining.pretrain` does), then `release()` (or let `train()` do it)."""
+        if self._started:
+            return
+        acc = self.accelerator
+        problem = None
+        if acc.is_main_process:
+            try:
+                self._lock = RunLock(self.output_dir).acquire()
+                check_writable(self.output_dir, self.checkpoint_bytes())
+            except RunDirError as err:
+                self.release()
+                problem = str(err)
+            if self._lock is not None and self._lock.stale:
+                self.logger.info(describe_stale(self._lock.stale))
+        if acc.num_processes > 1:  # every process stops on the main process's refusal, none waits for it
+            problem = broadcast_object_list([problem])[0]
+        if problem is not None:
+            raise RunDirError(problem)
+        try:
+            if resume and not self._resumed:
+                if self.checkpoints.latest() is not None:
+                    self.resume()
+                else:
+                    self.logger.info(f"resume=True but {self.output_dir} holds no checkpoint: starting from scratch")
+            elif not self._resumed and not self._ran and self.checkpoints.steps():
+                raise FileExistsError(f"{self.output_dir} already holds checkpoints {self.checkpoints.steps()}; "
+                                      "pass resume=True to continue that run, or choose another output_dir")
+        except BaseException:
+            self.release()
+            raise
+        self._started = self._ran = True
+
+    def release(self) -> None:
+        """Give the output folder's lock back (`train()` does at its end)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self._started = False
 
     # ---- the loop ------------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> list[dict[str, float]]:
@@ -306,16 +373,18 @@ class Trainer:
             NonFiniteLossError: a NaN/inf loss term or gradient norm (with `nan_policy="raise"`), before the
                 optimizer step: the weights are those of the previous step.
             FileExistsError: `output_dir` holds checkpoints of another run and `resume` is False.
+            RunDirError: `output_dir` is in use by another run, not writable, or too full for a checkpoint.
         """
+        owned = not self._started  # a caller that called start() itself releases
+        self.start(resume)
+        try:
+            return self._train_loop()
+        finally:
+            if owned:
+                self.release()
+
+    def _train_loop(self) -> list[dict[str, float]]:
         cfg, acc = self.config, self.accelerator
-        if resume and not self._resumed:
-            if self.checkpoints.latest() is not None:
-                self.resume()
-            else:
-                self.logger.info(f"resume=True but {self.output_dir} holds no checkpoint: starting from scratch")
-        elif not self._resumed and self.checkpoints.steps():
-            raise FileExistsError(f"{self.output_dir} already holds checkpoints {self.checkpoints.steps()}; pass "
-                                  "resume=True to continue that run, or choose another output_dir")
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.output_dir / TRAINER_CONFIG_NAME, self.config.save)
@@ -492,11 +561,12 @@ class Trainer:
                          metadata={"format": "pt", "library": "vlpkit", "step": str(self.step)})
             config = getattr(self.model, "config", None)
             if callable(getattr(config, "save", None)):
-                atomic_write(staging / CONFIG_NAME, config.save)
+                save_model_config(config, staging / CONFIG_NAME)
             save_torch(self._trainer_state(), staging / TRAINER_STATE_NAME)
         save_torch(capture_rng_state(), staging / rng_state_name(acc.process_index))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            write_checksums(staging)
             self.checkpoints.commit(self.step)
         acc.wait_for_everyone()
         self._saved_step = self.step
@@ -551,6 +621,14 @@ class Trainer:
                           f"seed + step: the continuation is not bit-exact", stacklevel=2)
             seed_everything(self.config.seed + self.step, self.config.deterministic, acc.process_index)
         self.logger.truncate_after(self.step)
+        if checkpoint is None:  # newer checkpoints of this run that failed verification: set aside, never pruned into
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                for step in self.checkpoints.steps():
+                    if step > self.step:
+                        moved = self.checkpoints.set_aside(self.checkpoints.path(step))
+                        self.logger.info(f"set the damaged checkpoint {self.checkpoints.path(step).name} aside as "
+                                         f"{moved.name}")
         self._resumed = True
         self._saved_step = self.step
         self.logger.info(f"resumed from {path} at step {self.step}, epoch {self.epoch}")

@@ -136,6 +136,14 @@ def build_resnet_trunk(name: str, weights: str | None = None, last_stage: str = 
     builder = getattr(torchvision.models, name)
     tv_weights = None
     if weights is not None and not Path(weights).exists():
+        names = [w.name for w in torchvision.models.get_model_weights(name)]
+        if weights not in names:
+            looks_like_file = "/" in weights or "\\" in weights or Path(weights).suffix in (".pth", ".pt",
+                                                                                           ".safetensors")
+            if looks_like_file:
+                raise FileNotFoundError(f"backbone_weights file not found: {weights}")
+            raise ValueError(f"backbone_weights={weights!r} is neither a file nor a torchvision weights name of "
+                             f"{name}; valid names: {names}")
         tv_weights = torchvision.models.get_model_weights(name)[weights]
     resnet = builder(weights=tv_weights, norm_layer=FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d)
     children = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")

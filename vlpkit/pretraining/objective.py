@@ -25,6 +25,7 @@ from ..data.batch import Batch
 from ..losses import SetCriterion, label_smoothed_cross_entropy
 from ..ops import HungarianMatcher
 from ..ops.distributed import reduce_counts
+from ..schema import check_fields
 
 TASKS = ("mlm", "itm", "detection", "attributes", "caption", "itc")
 PAPER_TASKS = TASKS[:5]
@@ -60,7 +61,7 @@ class ObjectiveConfig:
                                                                    "loss_giou": 2.0, "loss_attr": 1.0})
 
     def __post_init__(self) -> None:
-        self.tasks = tuple(self.tasks)
+        check_fields(self, "objective.")
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown pretraining task(s) {unknown}; valid tasks: {TASKS}")

@@ -35,26 +35,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..builder import build_e2evlp
-from ..checkpoint import load_pretrained
+from ..checkpoint import atomic_write, load_pretrained
+from ..config import ConfigError
 from ..data.masking import visual_word_ids
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer, TrainerConfig, seed_everything
 from ..inference import locate_pretrained, save_labels
 from ..models.feature_cache import freeze_trunk
+from ..yamlio import load_yaml, load_yaml_file
 from .data import PretrainingCollator, PretrainingDataset, Source
 from .objective import ObjectiveConfig, PretrainingObjective
+from .schema import SECTIONS, validate_config  # warmup: see trunk_warmup (not read by pretrain)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-SECTIONS = ("model", "objective", "trainer", "data", "warmup")  # warmup: see trunk_warmup (not read by pretrain)
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | None = None) -> dict:
     """Read a YAML/JSON config (a path, or the name of one shipped in vlpkit/configs/) and apply `key=value`
-    overrides with dotted keys (`trainer.max_steps=100`); values are parsed as YAML."""
+    overrides with dotted keys (`trainer.max_steps=100`); values are parsed as YAML 1.2.
+
+    Raises:
+        ConfigError: invalid YAML, or a key, type or range that `validate_config` refuses; named with the file.
+    """
     path = Path(path_or_name)
     if not path.is_file():
         shipped = CONFIG_DIR / f"{path_or_name}.yaml"
@@ -63,10 +67,13 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
             raise FileNotFoundError(f"config {path_or_name!r} is neither a file nor a shipped config; "
                                     f"shipped configs: {names}")
         path = shipped
-    config = yaml.safe_load(path.read_text()) or {}
+    config = load_yaml_file(path) or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a pretraining config is a mapping of sections {SECTIONS}, "
+                          f"got {type(config).__name__}")
     unknown = sorted(set(config) - set(SECTIONS))
     if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; expected {SECTIONS}")
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; expected {SECTIONS}")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -76,20 +83,19 @@ def load_config(path_or_name: str | Path, overrides: list[str] | None = None) ->
             raise ValueError(f"override {item!r}: the key must start with one of {SECTIONS}")
         node = config
         for p in parents:
-            node = node.setdefault(p, {})
+            node = node.setdefault(p, {}) if isinstance(node, dict) else node
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parents)} is not a section")
         node[leaf] = _parse_value(value)
-    return config
+    try:
+        return validate_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}{' with overrides' if overrides else ''}: {err}") from None
 
 
 def _parse_value(text: str):
-    """YAML scalar parsing, plus the floats YAML 1.1 leaves as strings ("1e-3" has no dot)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    """An override's value as YAML 1.2 (`1e-3` is a float, `no` a string; vlpkit.yamlio)."""
+    return load_yaml(text, f"override value {text!r}")
 
 
 @dataclass
@@ -249,6 +255,33 @@ def validation_losses(objective, dataset, collator, batch_size: int, max_batches
     return eval_fn
 
 
+def _write_run_files(out: Path, config: dict, tokenizer, setup, logger) -> None:
+    """`pretrain_config.json`, `tokenizer/` and `labels.json` (label names beside the model, so that
+    `vlpkit.inference.Predictor.from_pretrained(out)` can name detections). A resumed run with a changed config
+    logs the keys that changed."""
+    path = out / "pretrain_config.json"
+    if path.is_file():
+        before = _flatten(json.loads(path.read_text()))
+        after = _flatten(json.loads(json.dumps(config, default=str)))
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        if changed:
+            logger.info(f"{path}: the config changed since the previous start of this run: "
+                        + ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, default=str) + "\n"))
+    save_tokenizer(tokenizer, out / "tokenizer")
+    if isinstance(setup, tuple):
+        save_labels(out, *setup)
+    elif setup is not None:
+        save_labels(out, setup.object_vocab.tokens, setup.attribute_vocab.tokens)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}{key}.").items()} or {
+        prefix: {}}
+
+
 def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult:
     """Train E2E-VLP with the joint objective. Writes `<output_dir>/{pretrain_config.json, tokenizer/, model/,
     checkpoints/, log.jsonl}`.
@@ -256,7 +289,7 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
     Periodic validation (`trainer.eval_every` > 0): unless `eval_fn` is given, the objective's terms on
     `data.val_batches` (default 4) fixed batches of the validation split (the shapes world's "val"; for real files
     a `data.val` section with the same keys as `data`)."""
-    config = copy.deepcopy(config)
+    config = validate_config(copy.deepcopy(config))
     data_cfg = config.get("data", {})
     sources, tokenizer, data_overrides, setup = build_data(data_cfg)
     model_cfg = config.get("model", {})
@@ -287,14 +320,6 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
                                    visual_probability=None if visual_ids is None
                                    else float(data_cfg.get("mlm_visual_probability", 0.5)))
     out = Path(trainer_cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pretrain_config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-    save_tokenizer(tokenizer, out / "tokenizer")
-    # label names beside the model, so that vlpkit.inference.Predictor.from_pretrained(out) can name detections
-    if isinstance(setup, tuple):
-        save_labels(out, *setup)
-    elif setup is not None:
-        save_labels(out, setup.object_vocab.tokens, setup.attribute_vocab.tokens)
     if eval_fn is None and trainer_cfg.eval_every:
         val_sources = _validation_sources(data_cfg)
         if val_sources is not None:
@@ -302,7 +327,14 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
             eval_fn = validation_losses(objective, PretrainingDataset(val_sources, eval_tf, seed=trainer_cfg.seed),
                                         collator, trainer_cfg.batch_size, int(data_cfg.get("val_batches", 4)))
     trainer = Trainer(model, objective, dataset, collator, trainer_cfg, eval_fn=eval_fn)
-    history = trainer.train(resume=resume)
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(out / "model")
+    # the run folder changes only after every check (lock, writability, existing checkpoints, the resume itself)
+    trainer.start(resume=resume)
+    try:
+        if trainer.accelerator.is_main_process:
+            _write_run_files(out, config, tokenizer, setup, trainer.logger)
+        history = trainer.train(resume=resume)
+        if trainer.accelerator.is_main_process:
+            model.save_pretrained(out / "model")
+    finally:
+        trainer.release()
     return PretrainResult(model, tokenizer, history, out, setup if not isinstance(setup, tuple) else None)

@@ -27,18 +27,26 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from transformers.utils import ModelOutput
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_weights, read_metadata, save_weights
+from ..checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write,
+    load_weights,
+    read_metadata,
+    save_model_config,
+    save_weights,
+)
 from ..config import ConfigError, E2EVLPConfig
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..engine import Trainer, TrainerConfig
 from ..inference import LABELS_NAME, locate_pretrained
 from ..models import E2EVLP
 from ..models.feature_cache import GridFeatureCache, freeze_trunk
+from ..yamlio import load_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +189,7 @@ class TaskData:
             if not path.is_file():
                 raise FileNotFoundError(f"{cls.task_name} data description not found: {path} (expected 'shapes' or "
                                         "a YAML/JSON file with 'train' and 'eval' splits)")
-            return cls.from_dict(yaml.safe_load(path.read_text()), path.parent)
+            return cls.from_dict(load_yaml_file(path), path.parent)
         raise TypeError(f"expected a {cls.__name__}, ShapesSetup, 'shapes' or a description file, "
                         f"got {type(setup_or_paths).__name__}")
 
@@ -286,7 +294,7 @@ class TaskModel(nn.Module):
         `recipe_file`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / CONFIG_NAME, lambda tmp: self.config.save(tmp))
+        save_model_config(self.config, directory / CONFIG_NAME)
         save_weights(self, directory / WEIGHTS_NAME, metadata={"format": "pt", "library": "vlpkit",
                                                                "task": type(self).__name__})
         if getattr(self, "tokenizer", None) is not None:

@@ -26,13 +26,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from torch import nn
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME
-from ..config import E2EVLPConfig
+from ..checkpoint import CONFIG_NAME, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers import CocoCaptions, KarpathyDataset
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer
@@ -49,6 +47,7 @@ from ..metrics.captioning import (
 from ..models import E2EVLP
 from ..models.outputs import GenerationOutput
 from ..ops.distributed import reduce_counts
+from ..yamlio import load_yaml_file
 from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public here too)
     BACKBONE_PREFIX,
     TaskConfig,
@@ -197,7 +196,7 @@ def caption_data(setup_or_paths) -> CaptionData:
         path = Path(paths)
         if not path.is_file():
             raise FileNotFoundError(f"caption data file not found: {path}\n{PATHS_HELP}")
-        paths, source = yaml.safe_load(path.read_text()), str(path)  # YAML also reads JSON
+        paths, source = load_yaml_file(path), str(path)  # YAML also reads JSON
     if not isinstance(paths, Mapping):
         raise TypeError(f"expected a ShapesSetup, CaptionData, dict or file for the caption data, got "
                         f"{type(paths).__name__}\n{PATHS_HELP}")
@@ -357,7 +356,7 @@ class CaptionModel(TaskModel):
         and, unless given, the evaluation image size of its recorded recipe (else 800 / 1333)."""
         directory = Path(directory)
         recipe = cls.load_recipe(directory, CaptioningConfig) or CaptioningConfig()
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)),
+        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)),
                     tokenizer if tokenizer is not None else cls.saved_tokenizer(directory),
                     eval_size or recipe.eval_size, max_size or recipe.max_size)
         model.load_task_weights(directory)

@@ -34,8 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, atomic_write
-from ..config import E2EVLPConfig
+from ..checkpoint import CONFIG_NAME, atomic_write, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
@@ -203,7 +202,7 @@ class DetectionModel(TaskModel):
         if not task_file.is_file():
             raise FileNotFoundError(f"{task_file} not found: {directory} is not a DetectionModel folder")
         paired_text = DetectionConfig.from_dict(json.loads(task_file.read_text())).paired_text
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), paired_text)
+        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)), paired_text)
         model.load_task_weights(directory)
         return model
 

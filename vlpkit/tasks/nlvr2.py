@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME
-from ..config import ConfigError, E2EVLPConfig
+from ..checkpoint import CONFIG_NAME, load_model_config
+from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.nlvr2 import NLVR2Dataset
 from ..data.tokenization import load_tokenizer
@@ -287,7 +287,7 @@ class NLVR2Model(TaskModel):
         """Load a model written by `NLVR2Model.save_pretrained` (strictly: every weight must fit)."""
         task = cls.read_task_file(directory, TASK_FILE)
         directory = Path(directory)
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)), cls.saved_tokenizer(directory),
+        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)), cls.saved_tokenizer(directory),
                     task["eval_size"], task["max_size"])
         model.load_task_weights(directory)
         model.new_parameters = []

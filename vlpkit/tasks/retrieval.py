@@ -33,8 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME
-from ..config import E2EVLPConfig
+from ..checkpoint import CONFIG_NAME, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.masking import normalise_caption
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH
@@ -220,7 +219,7 @@ class RetrievalModel(TaskModel):
         unless given, the evaluation image size and text length of its recorded recipe (else 800 / 1333)."""
         directory = Path(directory)
         recipe = cls.load_recipe(directory, RetrievalConfig) or RetrievalConfig()
-        model = cls(build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME)),
+        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)),
                     tokenizer if tokenizer is not None else cls.saved_tokenizer(directory), "random",
                     eval_size or recipe.eval_size, max_size or recipe.max_size, recipe.max_text_length)
         model.load_task_weights(directory)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME
-from ..config import ConfigError, E2EVLPConfig
+from ..checkpoint import CONFIG_NAME, load_model_config
+from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.vqa import VQADataset, build_answer_vocab
 from ..data.tokenization import load_tokenizer
@@ -366,7 +366,7 @@ class VQAModel(TaskModel):
         """Load a model written by `VQAModel.save_pretrained` (strictly: every weight must fit)."""
         task = cls.read_task_file(directory, TASK_FILE)
         directory = Path(directory)
-        e2evlp = build_e2evlp(E2EVLPConfig.load(directory / CONFIG_NAME))
+        e2evlp = build_e2evlp(load_model_config(directory / CONFIG_NAME))
         model = cls(e2evlp, Vocab.load(directory / VOCAB_FILE), cls.saved_tokenizer(directory),
                     task["hidden_multiplier"], task["eval_size"], task["max_size"])
         model.load_task_weights(directory)

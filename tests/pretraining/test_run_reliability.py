@@ -160,3 +160,36 @@ def test_the_cli_prints_a_refusal_as_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("vlpkit pretrain: error: ") and "data.itm_negative_rate=7.0; expected a value in [0, 1]" in err
+
+
+# ---- the real-data path: inputs refused before the first step -------------------------------------------------
+def test_a_random_trunk_set_up_for_pretrained_weights_is_refused(shapes_setup, tmp_path):
+    cfg = load_config("e2evlp-tiny", [f"trainer.output_dir={tmp_path / 'run'}", *world(shapes_setup),
+                                      "model.overrides.backbone_norm=frozen_bn",
+                                      "model.overrides.trainable_backbone_layers=3"])
+    with pytest.raises(ConfigError, match=r"backbone_weights is null, so the ResNet starts from random weights, but "
+                                          r"backbone_norm='frozen_bn' .* and trainable_backbone_layers=3 \(the first "
+                                          r"2 stage\(s\) would stay random\)\. Set model.overrides.backbone_norm="):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_coco_images_without_captions_are_refused_when_text_tasks_read_them(shapes_setup, tmp_path):
+    from vlpkit.data.readers import DataFileError
+    from vlpkit.data.tokenization import save_tokenizer
+    from vlpkit.pretraining.run import build_data
+
+    w = shapes_setup.world
+    instances = json.loads(w.instances("train").read_text())
+    extra = {**instances["images"][0], "id": 987654}
+    instances["images"].append(extra)
+    (tmp_path / "instances.json").write_text(json.dumps(instances))
+    save_tokenizer(shapes_setup.tokenizer, tmp_path / "tok")
+    data = {"kind": "files", "tokenizer": str(tmp_path / "tok"), "sources": [{"name": "coco"}],
+            "coco": {"instances": str(tmp_path / "instances.json"), "captions": str(w.captions("train")),
+                     "images": str(w.image_dir("train"))}}
+    with pytest.raises(DataFileError, match=r"1 image\(s\) of .*instances.json have no caption \(e.g. image ids "
+                                            r"\[987654\]\), but the coco source trains \['caption', 'itm', 'mlm'\]"):
+        build_data(data)
+    sources = build_data({**data, "sources": [{"name": "coco", "tasks": ["detection"]}]})[0]
+    assert len(sources[0].dataset) == len(instances["images"])  # detection alone keeps every image

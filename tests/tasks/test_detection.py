@@ -221,3 +221,23 @@ def test_finetune_loss_falls_and_the_folder_loads(setup, tmp_path):
     assert (predictor.image_size, predictor.max_size) == (64, 96)
     for a, b in zip(predictor.model.state_dict().values(), model.e2evlp.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_smaller_class_set_keeps_the_pretrained_rows_of_the_same_names(tmp_path):
+    """Fine-tuning on COCO after pretraining on Visual Genome objects: the class layer is rebuilt for the dataset's
+    categories, but each category the checkpoint's `labels.json` names keeps its pretrained row (as does the
+    no-object row); the others start fresh."""
+    from vlpkit import build_e2evlp
+    from vlpkit.inference import save_labels
+    from vlpkit.tasks.detection import DetectionModel
+
+    pretrained = build_e2evlp("e2evlp-tiny", num_classes=4, num_attributes=0)
+    pretrained.save_pretrained(tmp_path / "run")
+    save_labels(tmp_path / "run", ["circle", "square", "star", "tree"], [])
+    old = pretrained.detection_head.class_embed
+    model = DetectionModel.from_checkpoint(tmp_path / "run", num_classes=3, class_names=["Tree", "hexagon", "circle"])
+    new = model.e2evlp.detection_head.class_embed
+    assert new.out_features == 4 and model.config.num_classes == 3
+    for new_row, old_row in ((0, 3), (2, 0), (3, 4)):  # tree, circle, no-object
+        assert torch.equal(new.weight[new_row], old.weight[old_row]) and new.bias[new_row] == old.bias[old_row]
+    assert not any(torch.equal(new.weight[1], old.weight[k]) for k in range(5))  # hexagon: fresh

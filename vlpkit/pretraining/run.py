@@ -46,7 +46,7 @@ from ..inference import locate_pretrained, save_labels
 from ..models.feature_cache import freeze_trunk
 from ..yamlio import load_yaml, load_yaml_file
 from .data import PretrainingCollator, PretrainingDataset, Source
-from .objective import ObjectiveConfig, PretrainingObjective
+from .objective import PAPER_TASKS, ObjectiveConfig, PretrainingObjective
 from .schema import SECTIONS, validate_config  # warmup: see trunk_warmup (not read by pretrain)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -158,7 +158,7 @@ def build_data(data_cfg: dict, split: str = "train"):
 def _file_sources(data_cfg: dict, spec: dict, split: str):
     """Sources over the real files. With both COCO and Visual Genome, COCO's categories are mapped into the VG
     object vocabulary by name, so that both sources share one class head."""
-    from ..data.readers import VisualGenome
+    from ..data.readers import DataFileError, VisualGenome
     from ..data.vocab import Vocab
     from .sources import CocoWithCaptions, coco_category_names
 
@@ -185,6 +185,13 @@ def _file_sources(data_cfg: dict, spec: dict, split: str):
             else:
                 objects = Vocab(names, name="coco categories")
             dataset = CocoWithCaptions(paths["instances"], paths["captions"], paths["images"], category_map)
+            text_tasks = sorted(set(s.get("tasks", PAPER_TASKS)) & {"mlm", "itm", "caption", "itc"})
+            if text_tasks and dataset.num_without_captions:
+                raise DataFileError(
+                    f"{paths['captions']}: {dataset.num_without_captions} image(s) of {paths['instances']} have no "
+                    f"caption (e.g. image ids {dataset.ids_without_captions[:5]}), but the coco source trains "
+                    f"{text_tasks} on every image; remove them from the instances file, or list only detection "
+                    "in data.sources' coco tasks")
         else:
             dataset = VisualGenome(paths["image_data"], paths["objects"], paths["attributes"],
                                    paths.get("region_descriptions"), paths["images"], objects, attributes)
@@ -255,6 +262,25 @@ def validation_losses(objective, dataset, collator, batch_size: int, max_batches
     return eval_fn
 
 
+def check_trunk_can_learn(config) -> None:
+    """Refuse a trunk that starts from random weights but is set up for pretrained ones: a random
+    FrozenBatchNorm2d is the identity (the trunk runs unnormalised) and the stages that
+    `trainable_backbone_layers` leaves out stay at their random values for the whole run."""
+    if config.backbone_weights is not None:
+        return
+    wrong = []
+    if config.backbone_norm == "frozen_bn":
+        wrong.append("backbone_norm='frozen_bn' (a random frozen BatchNorm is the identity)")
+    if config.trainable_backbone_layers < 5:
+        wrong.append(f"trainable_backbone_layers={config.trainable_backbone_layers} (the first "
+                     f"{5 - config.trainable_backbone_layers} stage(s) would stay random)")
+    if wrong:
+        raise ConfigError("model.overrides.backbone_weights is null, so the ResNet starts from random weights, but "
+                          + " and ".join(wrong) + ". Set model.overrides.backbone_norm=batch_norm and "
+                          "model.overrides.trainable_backbone_layers=5 to train it from scratch, or give "
+                          "backbone_weights (a torchvision weights name or a local .pth/.safetensors file)")
+
+
 def _write_run_files(out: Path, config: dict, tokenizer, setup, logger) -> None:
     """`pretrain_config.json`, `tokenizer/` and `labels.json` (label names beside the model, so that
     `vlpkit.inference.Predictor.from_pretrained(out)` can name detections). A resumed run with a changed config
@@ -304,6 +330,7 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
     else:
         model = build_e2evlp(model_cfg.get("preset", "e2evlp-tiny"),
                              **{**data_overrides, **model_cfg.get("overrides", {})})
+        check_trunk_can_learn(model.config)
     if model_cfg.get("frozen_trunk"):
         freeze_trunk(model, float(model_cfg.get("trunk_cache_megabytes", 2048.0)))
     objective = PretrainingObjective(ObjectiveConfig.from_dict(config.get("objective", {})),

@@ -15,7 +15,8 @@ from ..data.vocab import Vocab
 class CocoWithCaptions(Dataset):
     """COCO instances joined with COCO captions by image id: sample = CocoDetection's sample + "captions".
 
-    Images without any caption are kept (their captions list is empty) and counted in `num_without_captions`.
+    Images without any caption are kept (their captions list is empty) and listed in `ids_without_captions`
+    (`num_without_captions` counts them); a caller that trains text tasks on every image must refuse them.
     """
 
     def __init__(self, instances_json: str | Path, captions_json: str | Path, image_root: str | Path,
@@ -27,7 +28,8 @@ class CocoWithCaptions(Dataset):
             ann = captions.annotation(i)
             self.captions[ann["image_id"]] = ann["captions"]
         ids = [self.detection.annotation(i)["image_id"] for i in range(len(self.detection))]
-        self.num_without_captions = sum(1 for i in ids if not self.captions.get(i))
+        self.ids_without_captions = [i for i in ids if not self.captions.get(i)]
+        self.num_without_captions = len(self.ids_without_captions)
 
     def __len__(self) -> int:
         return len(self.detection)

@@ -53,6 +53,7 @@ from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public
     TaskConfig,
     TaskModel,
     TaskOutput,
+    find_tokenizer,
     finetune_val_test,
     load_e2evlp,
     load_finetuned,
@@ -173,10 +174,11 @@ PATHS_HELP = """caption data paths (a dict, or a .json/.yaml file holding it), e
                                 "val": {...}, "test": {...}}}
 or one Karpathy file:
   {"tokenizer": DIR, "karpathy": dataset_coco.json, "images": ROOT,
-   "splits": {"train": ["train", "restval"], "val": "val", "test": "test"}}   ("splits" optional, this default)"""
+   "splits": {"train": ["train", "restval"], "val": "val", "test": "test"}}   ("splits" optional, this default)
+Relative paths in a file are read from the file's folder; "tokenizer" may be left out when the checkpoint has one."""
 
 
-def caption_data(setup_or_paths) -> CaptionData:
+def caption_data(setup_or_paths, tokenizer=None) -> CaptionData:
     """Resolve the data argument of `finetune_captioning` / `finetune_retrieval`.
 
     Args:
@@ -191,18 +193,23 @@ def caption_data(setup_or_paths) -> CaptionData:
         splits = {s: CaptionSplit(world.captions(s), world.image_dir(s)) for s in ("train", "val", "test")}
         return CaptionData(setup_or_paths.tokenizer, splits, setup_or_paths.model_overrides())
     paths = setup_or_paths
-    source = "the caption data dict"
+    source, base = "the caption data dict", Path(".")
     if isinstance(paths, (str, Path)):
         path = Path(paths)
         if not path.is_file():
             raise FileNotFoundError(f"caption data file not found: {path}\n{PATHS_HELP}")
-        paths, source = load_yaml_file(path), str(path)  # YAML also reads JSON
+        # relative paths in a file are read from the file's folder, as for every task's data file
+        paths, source, base = load_yaml_file(path), str(path), path.parent  # YAML also reads JSON
     if not isinstance(paths, Mapping):
         raise TypeError(f"expected a ShapesSetup, CaptionData, dict or file for the caption data, got "
                         f"{type(paths).__name__}\n{PATHS_HELP}")
-    if "tokenizer" not in paths:
-        raise ValueError(f"{source} lacks 'tokenizer'\n{PATHS_HELP}")
-    tokenizer = load_tokenizer(paths["tokenizer"])
+    if "tokenizer" not in paths and tokenizer is None:
+        raise ValueError(f"{source} lacks 'tokenizer', and no tokenizer is saved with the checkpoint\n{PATHS_HELP}")
+    def at(p) -> Path:
+        return base / Path(p).expanduser()
+
+    if "tokenizer" in paths:  # else the checkpoint's; a tokenizer may also be a Hugging Face name, not a path
+        tokenizer = load_tokenizer(at(paths["tokenizer"]) if at(paths["tokenizer"]).exists() else paths["tokenizer"])
     splits: dict[str, CaptionSplit] = {}
     if "karpathy" in paths:
         if "images" not in paths:
@@ -210,14 +217,14 @@ def caption_data(setup_or_paths) -> CaptionData:
         spec = paths.get("splits", {"train": ["train", "restval"], "val": "val", "test": "test"})
         for name, names in spec.items():
             names = (names,) if isinstance(names, str) else tuple(names)
-            splits[name] = CaptionSplit(Path(paths["karpathy"]), Path(paths["images"]), names)
+            splits[name] = CaptionSplit(at(paths["karpathy"]), at(paths["images"]), names)
     else:
         if not isinstance(paths.get("splits"), Mapping) or not paths["splits"]:
             raise ValueError(f"{source} needs 'splits' (or 'karpathy')\n{PATHS_HELP}")
         for name, spec in paths["splits"].items():
             if not isinstance(spec, Mapping) or not {"captions", "images"} <= set(spec):
                 raise ValueError(f"{source}: split {name!r} needs 'captions' and 'images', got {spec!r}\n{PATHS_HELP}")
-            splits[name] = CaptionSplit(Path(spec["captions"]), Path(spec["images"]))
+            splits[name] = CaptionSplit(at(spec["captions"]), at(spec["images"]))
     return CaptionData(tokenizer, splits, tokenizer_overrides(tokenizer))
 
 
@@ -492,7 +499,7 @@ def evaluate_captioning(model, tokenizer, data, split: str = "test", output_dir:
         about 0-10) and "num_images".
     """
     config = config or CaptioningConfig()
-    data = caption_data(data)
+    data = caption_data(data, tokenizer)
     reader = data.split(split).reader("image", make_eval_transforms(config.eval_size, config.max_size))
     predictions, references = predict_captions(model, tokenizer, reader, config, config.max_eval_images)
     metrics = evaluate_captions(references, predictions, tokenizer=config.eval_tokenizer, metrics=config.metrics)
@@ -525,7 +532,7 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
         {"train": {"steps", "first_loss", "last_loss"}, "val": metrics, "test": metrics, "output_dir"}.
     """
     config = config if isinstance(config, CaptioningConfig) else CaptioningConfig.from_dict(config or {})
-    data = caption_data(setup_or_paths)
+    data = caption_data(setup_or_paths, find_tokenizer(checkpoint))
     model = CaptionModel.from_checkpoint(load_task_e2evlp(checkpoint, data), data.tokenizer, config.eval_size,
                                          config.max_size)
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
@@ -544,7 +551,7 @@ def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, ou
     (default: the recipe's `test_split`), decoded and scored with the recorded recipe (`config`: see
     `load_finetuned`). Returns its metrics with "split"."""
     model, config = load_finetuned(CaptionModel, CaptioningConfig, model_dir, config)
-    data = caption_data(data)
+    data = caption_data(data, model.tokenizer)
     split = split or config.test_split
     tokenizer = model.tokenizer if model.tokenizer is not None else data.tokenizer
     return {"split": split, **evaluate_captioning(model.to(device), tokenizer, data, split, output_dir, config)}

@@ -141,36 +141,57 @@ class DetectionModel(TaskModel):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | E2EVLP | None, num_classes: int | None = None,
-                        paired_text: bool = True, preset: str = "e2evlp-tiny", **overrides) -> DetectionModel:
+                        paired_text: bool = True, preset: str = "e2evlp-tiny", class_names: list[str] | None = None,
+                        **overrides) -> DetectionModel:
         """Wrap a pretrained E2EVLP (a `save_pretrained` folder, a pretraining run folder, or a model).
 
         Args:
             num_classes: the dataset's category count; when it differs from the checkpoint's, the class layer is
                 re-initialised (and named in the returned model's `new_parameters` and in a warning).
+            class_names: the dataset's category names (label order). With a checkpoint folder that has its
+                `labels.json` (pretraining writes it), each class whose name the checkpoint's classes share keeps
+                the pretrained row of that class (COCO categories mapped into Visual Genome's objects during
+                pretraining keep what they learned), as does the no-object row.
             checkpoint=None: a fresh `preset` model with `overrides` (and `num_classes`), for training from scratch.
         """
         if checkpoint is None:
             if num_classes is not None:
                 overrides["num_classes"] = num_classes
             e2evlp = build_e2evlp(preset, **overrides)
-        else:
+        pretrained_names = None
+        if checkpoint is not None:
             if isinstance(checkpoint, (str, Path)):
-                checkpoint = locate_pretrained(checkpoint).model_dir
+                files = locate_pretrained(checkpoint)
+                checkpoint = files.model_dir
+                pretrained_names = load_labels(files.labels).objects if files.labels is not None else None
             e2evlp = load_e2evlp(checkpoint, **overrides)
         model = cls(e2evlp, paired_text)
         if num_classes is not None and num_classes != e2evlp.config.num_classes:
-            model.reset_classes(num_classes)
+            keep = None
+            if class_names is not None and pretrained_names is not None:
+                index = {name.lower(): i for i, name in enumerate(pretrained_names)}
+                keep = {i: index[n.lower()] for i, n in enumerate(class_names) if n.lower() in index}
+                logger.warning("class head: %d of %d classes start from the checkpoint's class of the same name "
+                               "(and the no-object row); fresh: %s", len(keep), num_classes,
+                               [n for n in class_names if n.lower() not in index][:20])
+            model.reset_classes(num_classes, keep)
         model.report_new_parameters()
         return model
 
-    def reset_classes(self, num_classes: int) -> list[str]:
+    def reset_classes(self, num_classes: int, keep: dict[int, int] | None = None) -> list[str]:
         """A fresh `class_embed` for `num_classes` (+ no-object), initialised as the builder does (nn.Linear's
-        default); updates the config. Returns the new parameter names (also added to `new_parameters`)."""
+        default); updates the config. `keep` {new class: old class} copies those rows (and then the no-object
+        row) from the old layer. Returns the new parameter names (also added to `new_parameters`)."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         head = self.e2evlp.detection_head
         old = head.class_embed
         head.class_embed = nn.Linear(old.in_features, num_classes + 1).to(old.weight.device, old.weight.dtype)
+        if keep:
+            new_rows, old_rows = [*keep, num_classes], [*keep.values(), old.out_features - 1]
+            with torch.no_grad():
+                head.class_embed.weight[new_rows] = old.weight[old_rows]
+                head.class_embed.bias[new_rows] = old.bias[old_rows]
         self.e2evlp.config = self.e2evlp.config.replace(num_classes=num_classes)
         self.new_parameters = sorted(set(self.new_parameters) | set(CLASS_HEAD))
         return list(CLASS_HEAD)
@@ -473,7 +494,8 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     overrides = fresh_overrides(setup_or_paths, tokenizer) if checkpoint is None else {}
     overrides.pop("num_classes", None)  # the dataset's category count decides
     model = DetectionModel.from_checkpoint(checkpoint, num_classes=train_set.num_classes,
-                                           paired_text=config.paired_text, **overrides)
+                                           paired_text=config.paired_text, class_names=train_set.category_names,
+                                           **overrides)
     criterion = build_criterion(config, train_set.num_classes)
     cache = apply_frozen_trunk(model, config)
     trainer = Trainer(model, functools.partial(detection_loss, criterion=criterion), train_set,

@@ -43,7 +43,15 @@ from ..metrics.retrieval import RetrievalResult, retrieval_recall
 from ..models import E2EVLP
 from ..models.heads import ITMHead, Pooler
 from ..models.outputs import EncoderOutput, ImageEmbedding
-from .base import TaskConfig, TaskModel, TaskOutput, finetune_val_test, load_e2evlp, load_finetuned
+from .base import (
+    TaskConfig,
+    TaskModel,
+    TaskOutput,
+    find_tokenizer,
+    finetune_val_test,
+    load_e2evlp,
+    load_finetuned,
+)
 from .captioning import (
     DETR_TRAIN_SCALES,
     CaptionData,
@@ -581,7 +589,7 @@ def evaluate_retrieval(model: RetrievalModel, tokenizer, data, split: str = "tes
     mode, k = mode or config.eval_mode, k or config.rerank_k
     if mode not in EVAL_MODES:
         raise ValueError(f"mode={mode!r}; expected one of {EVAL_MODES}")
-    data = caption_data(data)
+    data = caption_data(data, tokenizer)
     reader = data.split(split).reader("image", make_eval_transforms(config.eval_size, config.max_size))
     n = len(reader) if config.max_eval_images is None else min(config.max_eval_images, len(reader))
     annotations = [reader.annotation(i) for i in range(n)]
@@ -629,7 +637,7 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
         {"train": {"steps", "first_loss", "last_loss"}, "val": metrics, "test": metrics, "output_dir"}.
     """
     config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.from_dict(config or {})
-    data: CaptionData = caption_data(setup_or_paths)
+    data: CaptionData = caption_data(setup_or_paths, find_tokenizer(checkpoint))
     model = RetrievalModel.from_checkpoint(load_task_e2evlp(checkpoint, data), data.tokenizer, config.head_init,
                                            config.eval_size, config.max_size)
     model.max_text_length = config.max_text_length
@@ -649,7 +657,7 @@ def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, ou
     (default: the recipe's `test_split`), with the recorded recipe's scoring mode and sizes (`config`: see
     `load_finetuned`). Returns its metrics with "split"."""
     model, config = load_finetuned(RetrievalModel, RetrievalConfig, model_dir, config)
-    data = caption_data(data)
+    data = caption_data(data, model.tokenizer)
     split = split or config.test_split
     tokenizer = model.tokenizer if model.tokenizer is not None else data.tokenizer
     return {"split": split, **evaluate_retrieval(model.to(device), tokenizer, data, split, output_dir, config)}

@@ -172,6 +172,36 @@ def _smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_prepare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from .data.prepare import prepare_pretraining_data
+    from .pretraining.run import load_config
+    from .pretraining.schema import validate_config
+
+    vg = args.vg
+    report = prepare_pretraining_data(
+        args.out, args.coco_instances, args.coco_captions, args.coco_images,
+        *((f"{vg}/image_data.json", f"{vg}/objects.json", f"{vg}/attributes.json",
+           f"{vg}/region_descriptions.json" if Path(f"{vg}/region_descriptions.json").is_file() else None,
+           args.vg_images or vg) if vg else (None,) * 5),
+        tokenizer=args.tokenizer, vocab_size=args.vocab_size, exclude=args.exclude)
+    out = Path(args.out)
+    config = load_config(args.config)
+    data = json.loads((out / "data.yaml").read_text())
+    config["data"] = {**data, "image": config.get("data", {}).get("image", {})}
+    validate_config(config)
+    (out / "pretrain.yaml").write_text(f"# {args.config} with the data prepared by `vlpkit data prepare`\n"
+                                       + yaml.safe_dump(config, sort_keys=False))
+    print(json.dumps({k: v for k, v in report.items() if k != "coco_categories"}, indent=1))
+    print(f"wrote {out / 'pretrain.yaml'} (report: {out / 'prepare_report.json'}); next:\n"
+          f"  vlpkit pretrain --config {out / 'pretrain.yaml'} --set trainer.output_dir=runs/pretrain")
+    return 0
+
+
 def _params(args: argparse.Namespace) -> int:
     from .params import parameter_table
 
@@ -225,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--width", type=int, default=160)
     smoke.add_argument("--seed", type=int, default=0)
     smoke.set_defaults(func=_smoke)
+    data = sub.add_parser("data", help="prepare the official dataset files for pretraining (offline)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    prep = data_sub.add_parser("prepare", help="tokenizer, VG vocabularies, COCO->VG class mapping, filtered files")
+    prep.add_argument("--coco-instances", required=True, help="instances_train2014.json")
+    prep.add_argument("--coco-captions", required=True, help="captions_train2014.json")
+    prep.add_argument("--coco-images", required=True, help="the train2014/ image folder")
+    prep.add_argument("--vg", default=None, help="folder with image_data.json, objects.json, attributes.json "
+                                                   "(and region_descriptions.json)")
+    prep.add_argument("--vg-images", default=None, help="Visual Genome image root (default: --vg)")
+    prep.add_argument("--tokenizer", default=None,
+                      help="a BERT vocabulary folder; default: train WordPiece on the pretraining texts")
+    prep.add_argument("--vocab-size", type=int, default=30522, help="WordPiece size when training one")
+    prep.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                      help="a downstream val/test file (COCO instances/captions, Karpathy, VQA questions) whose "
+                           "COCO images are removed from Visual Genome; repeat for each")
+    prep.add_argument("--config", default="e2evlp-6-r50", help="the shipped config pretrain.yaml starts from")
+    prep.add_argument("--out", required=True, help="output folder")
+    prep.set_defaults(func=_data_prepare)
     params = sub.add_parser("params", help="parameter counts of every preset beside the paper's Table 5")
     params.set_defaults(func=_params)
     return parser

@@ -193,3 +193,14 @@ def test_coco_images_without_captions_are_refused_when_text_tasks_read_them(shap
         build_data(data)
     sources = build_data({**data, "sources": [{"name": "coco", "tasks": ["detection"]}]})[0]
     assert len(sources[0].dataset) == len(instances["images"])  # detection alone keeps every image
+
+
+def test_missing_data_files_are_listed_by_config_key(tmp_path, monkeypatch):
+    from vlpkit.pretraining.run import build_data
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("e2evlp-6-r50")
+    with pytest.raises(FileNotFoundError, match=r"pretraining data files missing \(working directory .*\):\n  "
+                                                r"data.coco.instances: data/coco/annotations/instances_train2014.json "
+                                                r"not found\n  data.coco.captions: "):
+        build_data(cfg["data"])

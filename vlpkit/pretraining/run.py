@@ -155,6 +155,28 @@ def build_data(data_cfg: dict, split: str = "train"):
     raise ValueError(f"data.kind={kind!r}; expected 'shapes' or 'files'")
 
 
+def check_data_files(data_cfg: dict, spec: dict) -> None:
+    """Every file and folder the sources in `spec` read, checked before any is opened: one error lists each
+    missing one by its config key (relative paths are read from the working directory)."""
+    needed = {"coco": ("instances", "captions", "images"),
+              "vg": ("image_data", "objects", "attributes", "images", "object_vocab", "attribute_vocab")}
+    missing = []
+    for name in spec:
+        section = data_cfg.get(name)
+        if not isinstance(section, dict):
+            missing.append(f"data.{name} (the source's files are not given)")
+            continue
+        for key in needed[name] + (("region_descriptions",) if section.get("region_descriptions") else ()):
+            value = section.get(key)
+            if value is None or not Path(value).exists():
+                missing.append(f"data.{name}.{key}: {'not set' if value is None else f'{value} not found'}")
+    if "tokenizer" not in data_cfg:
+        missing.append("data.tokenizer: not set (a BERT vocabulary folder, or run `vlpkit data prepare`)")
+    if missing:
+        raise FileNotFoundError(f"pretraining data files missing (working directory {Path.cwd()}):\n  "
+                                + "\n  ".join(missing))
+
+
 def _file_sources(data_cfg: dict, spec: dict, split: str):
     """Sources over the real files. With both COCO and Visual Genome, COCO's categories are mapped into the VG
     object vocabulary by name, so that both sources share one class head."""
@@ -162,6 +184,7 @@ def _file_sources(data_cfg: dict, spec: dict, split: str):
     from ..data.vocab import Vocab
     from .sources import CocoWithCaptions, coco_category_names
 
+    check_data_files(data_cfg, spec)
     tokenizer = load_tokenizer(data_cfg["tokenizer"])
     objects = attributes = None
     if "vg" in spec:

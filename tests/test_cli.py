@@ -188,3 +188,24 @@ def test_a_data_file_reads_its_relative_paths_from_its_own_folder(cache, tmp_pat
     with pytest.raises(ValueError, match="lacks 'tokenizer', and no tokenizer is saved with the checkpoint"):
         caption_data(data / "no_tok.yaml")
     assert caption_data(data / "no_tok.yaml", shapes_setup.tokenizer).tokenizer is shapes_setup.tokenizer
+
+
+def test_finetune_resume_continues_exactly(pretrained, cache, tmp_path, monkeypatch):
+    """`vlpkit finetune --resume` after a run stopped at a checkpoint ends with the weights of the uninterrupted
+    run (captioning; every task goes through the same trainer)."""
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("VLPKIT_CACHE", str(cache))
+    common = ["finetune", "caption", "--checkpoint", str(pretrained), "--data", "shapes", "--shapes-images",
+              str(IMAGES), *_sets(SMALL + ["task.max_generation_length=4", "task.eval_tokenizer=simple",
+                                           "trainer.progress_bar=false", "trainer.save_every=2",
+                                           "trainer.deterministic=true", "task.max_eval_images=2"])]
+    assert main([*common, "--output", str(tmp_path / "whole"), "--set", "trainer.max_steps=4"]) == 0
+    assert main([*common, "--output", str(tmp_path / "cut"), "--set", "trainer.max_steps=2"]) == 0
+    assert main([*common, "--output", str(tmp_path / "cut"), "--set", "trainer.max_steps=4", "--resume"]) == 0
+    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    for name, value in whole.items():
+        assert torch.equal(value, resumed[name]), name

@@ -121,7 +121,7 @@ def _finetune(args: argparse.Namespace) -> int:
     task_overrides, trainer_overrides = _split_overrides(args.set)
     data = _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets, args.task)
     result = finetune(args.task, _checkpoint(args.checkpoint), data, args.output, config=task_overrides,
-                      trainer_overrides=trainer_overrides)
+                      trainer_overrides=trainer_overrides, resume=args.resume)
     print(json.dumps(result.get("metrics", result), indent=2, default=str))
     for split, metrics in _final_metrics(result).items():
         print(metrics_table(metrics, f"{args.task} {split}"))
@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "gives 6,400 training statements, which NLVR2 needs to rise above chance")
     fin.add_argument("--output", required=True, help="output folder (model, metrics, results files)")
     fin.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE|trainer.KEY=VALUE")
+    fin.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     fin.set_defaults(func=_finetune)
     ev = sub.add_parser("evaluate", help="evaluate a fine-tuned task model on one split with the official metric")
     ev.add_argument("task", choices=TASKS)

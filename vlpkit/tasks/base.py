@@ -459,7 +459,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
 
 def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, data, config, output_dir: Path,
                       trainer_overrides: Mapping[str, Any] | None, evaluate: Callable,
-                      config_name: str, checkpoint=None) -> dict[str, Any]:
+                      config_name: str, checkpoint=None, resume: bool = False) -> dict[str, Any]:
     """Train (scoring `config.val_split` at every evaluation), then save the model and the recipe, score
     `config.test_split` with its results file, and write `metrics.json` (captioning, retrieval).
 
@@ -468,6 +468,7 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
         evaluate: `evaluate(model, tokenizer, data, split, output_dir, config) -> dict`.
         config_name: the recipe's file name in `output_dir` (it is also saved in `output_dir/model`).
         checkpoint: the pretraining folder fine-tuned from; its `labels.json` is copied into `output_dir/model`.
+        resume: continue from the latest checkpoint in `output_dir/checkpoints`.
     Returns:
         {"train": {"steps", "first_loss", "last_loss"}, "output_dir", "val" (when scored), "test" (when the split
         exists)}.
@@ -481,7 +482,7 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
     cache = apply_frozen_trunk(model, config)
     trainer = Trainer(model, loss_fn, train_set, collator, config.trainer_config(output_dir, trainer_overrides),
                       eval_fn=eval_fn if config.val_split in data.splits else None)
-    history = trainer.train()
+    history = trainer.train(resume=resume)
     result: dict[str, Any] = {"train": {"steps": len(history), "first_loss": history[0]["loss"] if history else None,
                                         "last_loss": history[-1]["loss"] if history else None},
                               "output_dir": str(output_dir)}
@@ -508,16 +509,18 @@ def task_module(task: str):
 
 
 def finetune(task: str, checkpoint, data, output_dir: str | Path, config: Any = None,
-             trainer_overrides: Mapping[str, Any] | None = None, *, shapes_images: int = 2000) -> dict[str, Any]:
+             trainer_overrides: Mapping[str, Any] | None = None, *, shapes_images: int = 2000,
+             resume: bool = False) -> dict[str, Any]:
     """`finetune_<task>` of `vlpkit.tasks.<module>` (see `TASKS`); `data="shapes"` is the default shapes world of
-    `shapes_images` images; `config` a task config or a dict of its fields."""
+    `shapes_images` images; `config` a task config or a dict of its fields; `resume` continues an interrupted
+    run from the latest checkpoint in `output_dir`."""
     module = task_module(task)
     config_cls = module.CONFIG_CLASS
     if not isinstance(config, config_cls):
         config = config_cls.from_dict(dict(config or {}))
     run = getattr(module, f"finetune_{TASKS[task]}")
     return run(checkpoint, resolve_shapes(data, shapes_images), output_dir, config=config,
-               trainer_overrides=trainer_overrides)
+               trainer_overrides=trainer_overrides, resume=resume)
 
 
 def evaluate(task: str, model_dir: str | Path, data: Any = "shapes", split: str | None = None,

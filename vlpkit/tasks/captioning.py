@@ -517,7 +517,7 @@ def evaluate_captioning(model, tokenizer, data, split: str = "test", output_dir:
 # ---------------------------------------------------------------------------------------------------------------
 def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
                         config: CaptioningConfig | Mapping | None = None,
-                        trainer_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                        trainer_overrides: Mapping[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """Fine-tune for captioning, evaluate on the val and test splits, save model and metrics.
 
     Args:
@@ -541,7 +541,7 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
                              data.split(config.train_split).reader("caption", train_tf),
                              CaptionCollator(data.tokenizer, config.max_caption_length), data, config,
                              Path(output_dir), trainer_overrides, evaluate_captioning, RECIPE_FILE,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, resume=resume)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

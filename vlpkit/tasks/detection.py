@@ -469,7 +469,8 @@ def _attribute_names(data: Any, checkpoint: Any, model: DetectionModel) -> list[
 
 
 def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: Any, output_dir: str | Path,
-                       config: DetectionConfig | None = None, trainer_overrides: dict | None = None) -> dict:
+                       config: DetectionConfig | None = None, trainer_overrides: dict | None = None,
+                       resume: bool = False) -> dict:
     """Fine-tune detection on COCO (or the shapes world), evaluate, and save.
 
     Args:
@@ -500,7 +501,7 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     cache = apply_frozen_trunk(model, config)
     trainer = Trainer(model, functools.partial(detection_loss, criterion=criterion), train_set,
                       DetectionCollator(tokenizer, model.config.max_text_length), trainer_config)
-    history = trainer.train()
+    history = trainer.train(resume=resume)
     result = {"split": config.eval_split, "metrics": {}, "history": history, "model_dir": str(output_dir / "model")}
     if not trainer.accelerator.is_main_process:
         return result

@@ -623,7 +623,7 @@ def evaluate_retrieval(model: RetrievalModel, tokenizer, data, split: str = "tes
 # ---------------------------------------------------------------------------------------------------------------
 def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
                        config: RetrievalConfig | Mapping | None = None,
-                       trainer_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                       trainer_overrides: Mapping[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """Fine-tune for image-text retrieval with circle loss, evaluate on val and test, save model and metrics.
 
     Args:
@@ -647,7 +647,7 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     return finetune_val_test(model, functools.partial(retrieval_loss, config=config), train_set,
                              RetrievalCollator(data.tokenizer, config.max_text_length), data, config,
                              Path(output_dir), trainer_overrides, evaluate_retrieval, RECIPE_FILE,
-                             checkpoint=checkpoint)
+                             checkpoint=checkpoint, resume=resume)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

@@ -190,3 +190,19 @@ def test_reliability_cases_name_tests_that_exist():
     assert len(named) >= 11
     for path, name in named:
         assert re.search(rf"^def {name}\(", (root / path).read_text(), re.M), f"{path}::{name} is not a test"
+
+
+def test_readme_demo_card_is_current():
+    """The README's demo figure and table come from `benchmarks/demo_card.py` on a demo of the shipped
+    e2evlp-tiny.yaml: a changed config (rerun the demo and the script) or a hand-edited table fails here."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.demo_card import BEGIN, CARD, END, FIGURE, table
+    from benchmarks.payoff import config_sha
+
+    card = json.loads(CARD.read_text())
+    assert card["config_sha"] == config_sha(), (
+        "vlpkit/configs/e2evlp-tiny.yaml changed since the README's demo card was made: run `vlpkit demo` and "
+        "`python benchmarks/demo_card.py --run RUN`")
+    block = (ROOT / "README.md").read_text().split(BEGIN)[1].split(END)[0]
+    assert block.strip() == table(card).strip()
+    assert FIGURE.stat().st_size > 10_000

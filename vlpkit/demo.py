@@ -30,7 +30,12 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
           f"({cfg['trainer'].get('max_steps')} steps); output in {cfg['trainer'].get('output_dir')}", flush=True)
     # a second run continues (or, when finished, re-evaluates) the run already in output_dir; delete the folder to
     # start over
-    result = pretrain(cfg, resume=True)
+    from .engine.state import CheckpointManager
+
+    resume = CheckpointManager(cfg["trainer"].get("output_dir", "runs/demo")).latest() is not None
+    if resume:
+        print(f"continuing the run in {cfg['trainer'].get('output_dir')} (delete it to start over)", flush=True)
+    result = pretrain(cfg, resume=resume)
     train_seconds = time.perf_counter() - start
     world, tokenizer, model = result.setup.world, result.tokenizer, result.model
     _, eval_tf = image_transforms(cfg["data"].get("image", {}))

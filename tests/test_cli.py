@@ -204,6 +204,9 @@ def test_finetune_resume_continues_exactly(pretrained, cache, tmp_path, monkeypa
     assert main([*common, "--output", str(tmp_path / "whole"), "--set", "trainer.max_steps=4"]) == 0
     assert main([*common, "--output", str(tmp_path / "cut"), "--set", "trainer.max_steps=2"]) == 0
     assert main([*common, "--output", str(tmp_path / "cut"), "--set", "trainer.max_steps=4", "--resume"]) == 0
+    # the val split's official results file is written too, not only the test split's
+    assert (tmp_path / "whole" / "captions_val_vlpkit_results.json").is_file()
+    assert (tmp_path / "whole" / "captions_test_vlpkit_results.json").is_file()
     whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
     assert whole.keys() == resumed.keys()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -301,3 +302,19 @@ def test_frozen_trunk_finetuning_leaves_the_trunk_and_reuses_its_features(tmp_pa
     assert stats["evictions"] == 0 and stats["hits"] > 0
     assert stats["entries"] == stats["misses"] and images <= stats["entries"]
     assert report["train_loss_last"] < report["train_loss_first"]
+
+
+def test_results_file_takes_the_official_subtype_name(tmp_path, data, vocab, model):
+    """A test-dev submission is named as the evaluation server expects, from the questions file's data_type and
+    data_subtype (`vqa_OpenEnded_mscoco_test-dev2015_<alg>_results.json`), not from the split's key."""
+    import dataclasses
+
+    split = data.eval["val"]
+    questions = json.loads(split.questions.read_text())
+    assert split.image_name is not None  # the shapes images are named by pattern, not by the subtype
+    questions.update(data_type="mscoco", data_subtype="test-dev2015")
+    (tmp_path / "questions.json").write_text(json.dumps(questions))
+    testdev = dataclasses.replace(split, questions=tmp_path / "questions.json", annotations=None)
+    out = evaluate_vqa(model, model.tokenizer, testdev, "test", tmp_path / "out", batch_size=16)
+    assert out["results_file"] == str(tmp_path / "out" / "vqa_OpenEnded_mscoco_test-dev2015_e2evlp_results.json")
+    assert len(json.loads(Path(out["results_file"]).read_text())) == len(questions["questions"])

@@ -460,8 +460,9 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
 def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, data, config, output_dir: Path,
                       trainer_overrides: Mapping[str, Any] | None, evaluate: Callable,
                       config_name: str, checkpoint=None, resume: bool = False) -> dict[str, Any]:
-    """Train (scoring `config.val_split` at every evaluation), then save the model and the recipe, score
-    `config.test_split` with its results file, and write `metrics.json` (captioning, retrieval).
+    """Train (scoring `config.val_split` at every evaluation, and writing its results file at the last), then save
+    the model and the recipe, score `config.test_split` with its results file, and write `metrics.json`
+    (captioning, retrieval).
 
     Args:
         data: has `tokenizer` and `splits` (a `CaptionData`).
@@ -476,7 +477,10 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
     val_metrics: dict[str, float] = {}
 
     def eval_fn(m):
-        val_metrics.update(evaluate(m, data.tokenizer, data, config.val_split, config=config))
+        # the evaluation at the last step also writes the val split's official results file (main process)
+        final = trainer.step == trainer.total_steps and trainer.accelerator.is_main_process
+        metrics = evaluate(m, data.tokenizer, data, config.val_split, output_dir if final else None, config)
+        val_metrics.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return val_metrics
 
     cache = apply_frozen_trunk(model, config)

@@ -446,8 +446,8 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
         tokenizer: the tokenizer of the model's text vocabulary.
         data: the split's files.
         split: its name (in the results file name and the returned dict).
-        output_dir: where to write `vqa_OpenEnded_<data_type>_<split>_e2evlp_results.json`; None: not written
-            (the results are still scored).
+        output_dir: where to write `vqa_OpenEnded_<data_type>_<data_subtype>_e2evlp_results.json` (the questions
+            file's fields; `split` when it has no subtype); None: not written (the results are still scored).
         transforms: the image transform (default: `model.eval_transforms`).
     Returns:
         {"split", "num_questions", "results_file" (when written)} and, for an annotated split, the official
@@ -465,8 +465,11 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
     results = [{"question_id": int(q), "answer": a} for q, a in zip(pred["question_ids"], pred["answers"])]
     out: dict[str, Any] = {"split": split, "num_questions": len(results)}
     if output_dir is not None:
-        data_type = json.loads(data.questions.read_text()).get("data_type", "mscoco")
-        path = Path(output_dir) / results_filename(split, data_type)
+        # named as the evaluation server expects: the questions file's data type and subtype
+        # (vqa_OpenEnded_mscoco_test-dev2015_e2evlp_results.json), whatever the split is called here
+        questions = json.loads(data.questions.read_text())
+        path = Path(output_dir) / results_filename(questions.get("data_subtype", split),
+                                                   questions.get("data_type", "mscoco"))
         path.parent.mkdir(parents=True, exist_ok=True)
         vqa_metric.write_vqa_results(path, zip(pred["question_ids"], pred["answers"]))
         out["results_file"] = str(path)

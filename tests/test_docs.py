@@ -206,3 +206,33 @@ def test_readme_demo_card_is_current():
     block = (ROOT / "README.md").read_text().split(BEGIN)[1].split(END)[0]
     assert block.strip() == table(card).strip()
     assert FIGURE.stat().st_size > 10_000
+
+
+RUNNABLE = re.compile(r"<!-- runnable -->\s*\n```(python|bash)\n(.*?)\n```", re.S)
+
+
+def test_runnable_examples_run(tmp_path):
+    """Every fenced example marked `<!-- runnable -->` in the README and docs/ runs: a page's Python blocks in
+    order as one script, each `vlpkit ...` line of its bash blocks as a command, in a scratch folder."""
+    import shlex
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    ran = 0
+    for page in pages:
+        blocks = RUNNABLE.findall(page.read_text())
+        if not blocks:
+            continue
+        work = tmp_path / page.stem
+        work.mkdir()
+        script = "\n".join(code for lang, code in blocks if lang == "python")
+        commands = [shlex.split(line.split("#")[0]) for lang, code in blocks if lang == "bash"
+                    for line in code.splitlines() if line.split("#")[0].strip()]
+        assert all(c[0] == "vlpkit" for c in commands), f"{page}: runnable bash blocks hold vlpkit commands only"
+        runs = ([[sys.executable, "-c", script]] if script else []) + [
+            [sys.executable, "-m", "vlpkit", *c[1:]] for c in commands]
+        for argv in runs:
+            done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, f"{page.relative_to(ROOT)}: {argv[2:]} failed:\n{done.stderr[-2000:]}"
+            ran += 1
+    assert ran >= 3

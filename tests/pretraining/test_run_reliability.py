@@ -204,3 +204,32 @@ def test_missing_data_files_are_listed_by_config_key(tmp_path, monkeypatch):
                                                 r"data.coco.instances: data/coco/annotations/instances_train2014.json "
                                                 r"not found\n  data.coco.captions: "):
         build_data(cfg["data"])
+
+
+def test_a_coco_only_validation_split_numbers_classes_as_training_does(shapes_setup, tmp_path):
+    """The paper configs validate on COCO val2014 alone (`data.val`); its classes must be the training's (COCO
+    categories mapped into the VG object vocabulary), not COCO's own contiguous numbering."""
+    from vlpkit.data.tokenization import save_tokenizer
+    from vlpkit.data.vocab import Vocab
+    from vlpkit.pretraining.run import _validation_sources
+
+    w = shapes_setup.world
+    objects = Vocab(["star", "hexagon", "circle", "square", "triangle", "diamond", "tree"])  # not COCO's order
+    objects.save(tmp_path / "objects.json")
+    shapes_setup.attribute_vocab.save(tmp_path / "attributes.json")
+    save_tokenizer(shapes_setup.tokenizer, tmp_path / "tok")
+    data = {"kind": "files", "tokenizer": str(tmp_path / "tok"),
+            "coco": {"instances": str(w.instances("train")), "captions": str(w.captions("train")),
+                     "images": str(w.image_dir("train"))},
+            "vg": {k: str(w.vg(k)) for k in ("image_data", "objects", "attributes", "region_descriptions")}
+            | {"images": str(w.root / "images"), "object_vocab": str(tmp_path / "objects.json"),
+               "attribute_vocab": str(tmp_path / "attributes.json")},
+            "val": {"sources": [{"name": "coco"}],
+                    "coco": {"instances": str(w.instances("val")), "captions": str(w.captions("val")),
+                             "images": str(w.image_dir("val"))}}}
+    (val,) = _validation_sources(data)
+    names = {c["id"]: c["name"] for c in json.loads(w.instances("val").read_text())["categories"]}
+    ann = val.dataset.detection.annotation(0)
+    raw = json.loads(w.instances("val").read_text())["annotations"]
+    expected = sorted(objects.index(names[a["category_id"]]) for a in raw if a["image_id"] == ann["image_id"])
+    assert sorted(ann["target"]["labels"].tolist()) == expected

@@ -187,7 +187,9 @@ def _file_sources(data_cfg: dict, spec: dict, split: str):
     check_data_files(data_cfg, spec)
     tokenizer = load_tokenizer(data_cfg["tokenizer"])
     objects = attributes = None
-    if "vg" in spec:
+    # the VG vocabularies fix the class numbering even where VG is not a source (a COCO-only validation split
+    # must number classes as the training sources do)
+    if "vg" in spec or (isinstance(data_cfg.get("vg"), dict) and data_cfg["vg"].get("object_vocab")):
         objects = Vocab.load(data_cfg["vg"]["object_vocab"])
         attributes = Vocab.load(data_cfg["vg"]["attribute_vocab"])
     sources = []

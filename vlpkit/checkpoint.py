@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -113,9 +114,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors":
         return read_safetensors(path)
+    return read_torch(path)
+
+
+def read_torch(path: str | Path) -> Any:
+    """`torch.load(path, weights_only=True)` on CPU (no pickle code runs), with an error naming the file when it is
+    truncated or corrupt (an OSError, such as a permission error, names the file itself)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, ValueError) as err:
         raise CorruptFileError(f"{path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
 
 

@@ -80,10 +80,6 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __enter__(self) -> RunLock:
         return self.acquire()
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CorruptFileError, atomic_write
+from ..checkpoint import CorruptFileError, atomic_write, read_torch
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest"
@@ -61,10 +61,7 @@ def load_torch(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as err:
-        raise CorruptFileError(f"{path} is truncated or corrupt ({str(err).splitlines()[0]})") from None
+    return read_torch(path)
 
 
 def _sha256(path: Path) -> str:
@@ -200,12 +197,7 @@ class CheckpointManager:
     def latest_intact(self) -> tuple[Path | None, list[tuple[Path, str]]]:
         """(the newest checkpoint that passes `verify_checkpoint`, [(newer damaged checkpoint, its problem)])."""
         damaged = []
-        newest = self.latest()
-        candidates = [self.path(s) for s in reversed(self.steps())]
-        if newest is not None and newest in candidates:
-            candidates.remove(newest)
-            candidates.insert(0, newest)
-        for path in candidates:
+        for path in (self.path(s) for s in reversed(self.steps())):  # newest first, as `latest()` ranks them
             problem = verify_checkpoint(path)
             if problem is None:
                 return path, damaged

@@ -146,12 +146,13 @@ def test_shapes_nlvr2_sets_sizes_the_generated_worlds_nlvr2(cache, tmp_path, mon
 def test_a_data_file_reads_its_relative_paths_from_its_own_folder(cache, tmp_path, monkeypatch):
     """`--data FILE` from another working directory: every task reads the file's relative paths from the file's
     folder, as the Python API does (VQA and NLVR2 through the task data, captions and retrieval through
-    `caption_data`, detection's split mapping in the CLI)."""
+    `caption_data`, detection through `detection_data`)."""
     import shutil
 
     from vlpkit.cli import _task_data
     from vlpkit.data.tokenization import save_tokenizer
     from vlpkit.tasks.captioning import caption_data
+    from vlpkit.tasks.detection import detection_data
     from vlpkit.tasks.vqa import VQAData
 
     monkeypatch.setenv("VLPKIT_CACHE", str(cache))
@@ -168,7 +169,8 @@ def test_a_data_file_reads_its_relative_paths_from_its_own_folder(cache, tmp_pat
         "tokenizer: tok\nsplits:\n  train: {captions: ann/captions_train.json, images: train_images}\n"
         "  val: {captions: ann/captions_val.json, images: val_images}\n")
     (data / "detection.yaml").write_text(
-        "train: {instances: ann/instances_train.json, captions: ann/captions_train.json, images: train_images}\n")
+        "train: {instances: ann/instances_train.json, captions: ann/captions_train.json, images: train_images}\n"
+        "tokenizer: tok\n")
     shutil.copy(w.vqa_questions("val"), data / "ann" / "questions_val.json")
     (data / "vqa.yaml").write_text("train: {questions: ann/questions_val.json, image_root: val_images}\n"
                                    "eval: {val: {questions: ann/questions_val.json, image_root: val_images}}\n")
@@ -176,12 +178,13 @@ def test_a_data_file_reads_its_relative_paths_from_its_own_folder(cache, tmp_pat
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
 
-    captions = caption_data(_task_data(str(data / "captions.yaml"), IMAGES, task="caption"))
+    captions = caption_data(_task_data(str(data / "captions.yaml"), IMAGES))
     assert captions.splits["val"].annotations == data / "ann" / "captions_val.json"
     assert captions.splits["train"].image_root == data / "train_images"
-    detection = _task_data(str(data / "detection.yaml"), IMAGES, task="detection")
+    detection = detection_data(_task_data(str(data / "detection.yaml"), IMAGES))
     assert detection["train"]["images"] == str(data / "train_images")
-    vqa = VQAData.resolve(_task_data(str(data / "vqa.yaml"), IMAGES, task="vqa"))
+    assert detection["tokenizer"] == str(data / "tok")
+    vqa = VQAData.resolve(_task_data(str(data / "vqa.yaml"), IMAGES))
     assert vqa.train[0].questions == data / "ann" / "questions_val.json"
     # a data file without a tokenizer takes the checkpoint's (as VQA and NLVR2 do), and says so when there is none
     (data / "no_tok.yaml").write_text((data / "captions.yaml").read_text().replace("tokenizer: tok\n", ""))

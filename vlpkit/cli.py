@@ -48,14 +48,11 @@ def _split_overrides(items: list[str]) -> tuple[dict, dict]:
     return task, trainer
 
 
-def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None, task: str | None = None):
+def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None):
     """'shapes' -> a generated shapes world of `shapes_images` images (and `nlvr2_sets` NLVR2 sets; None: the
-    world's default, shapes_images // 16); a YAML/JSON file -> the file, whose relative paths the task reads
-    from the file's folder (detection's split mapping is resolved here); a folder (a COCO root, for detection)
-    -> its path."""
+    world's default, shapes_images // 16); a YAML/JSON file or a folder (a COCO root, for detection) -> its path
+    (each task reads a data file's relative paths from the file's folder)."""
     from pathlib import Path
-
-    from .yamlio import load_yaml_file
 
     if data == "shapes":
         from .pretraining.shapes import prepare_shapes
@@ -70,13 +67,7 @@ def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None, tas
     if not path.is_file():
         raise SystemExit(f"--data {data!r}: expected 'shapes', a YAML/JSON file of dataset paths or a dataset "
                          "folder (a COCO root for detection)")
-    if task != "detection":
-        return path
-    splits = load_yaml_file(path)
-    if not isinstance(splits, dict):
-        raise SystemExit(f"--data {data}: expected a mapping of splits to {{instances, captions, images}}")
-    return {name: {k: str(path.parent / Path(v).expanduser()) if isinstance(v, str) else v
-                   for k, v in spec.items()} if isinstance(spec, dict) else spec for name, spec in splits.items()}
+    return path
 
 
 def _checkpoint(path: str | None):
@@ -119,7 +110,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from .tasks import finetune
 
     task_overrides, trainer_overrides = _split_overrides(args.set)
-    data = _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets, args.task)
+    data = _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets)
     result = finetune(args.task, _checkpoint(args.checkpoint), data, args.output, config=task_overrides,
                       trainer_overrides=trainer_overrides, resume=args.resume)
     print(json.dumps(result.get("metrics", result), indent=2, default=str))
@@ -137,8 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if trainer_overrides:
         raise SystemExit(f"--set trainer.*: evaluate trains nothing (got {sorted(trainer_overrides)})")
     output = Path(args.output) if args.output else Path(args.model) / "evaluation"
-    metrics = evaluate(args.task, args.model, _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets,
-                                                         args.task),
+    metrics = evaluate(args.task, args.model, _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets),
                        args.split, output,
                        task_overrides, device=args.device)
     print(metrics_table(metrics, f"{args.task} {metrics['split']} ({args.model})"))

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME, atomic_write, load_model_config
+from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
@@ -46,6 +47,7 @@ from ..models import E2EVLP
 from ..models.outputs import DetectionOutput, EncoderOutput
 from ..ops import HungarianMatcher, postprocess_detections
 from ..pretraining.sources import CocoWithCaptions
+from ..yamlio import load_yaml_file
 from .base import (
     TaskConfig,
     TaskModel,
@@ -239,6 +241,28 @@ class DetectionSplit:
 
     def __post_init__(self) -> None:
         self.instances, self.captions, self.images = Path(self.instances), Path(self.captions), Path(self.images)
+
+
+def detection_data(data: Any) -> Any:
+    """A YAML/JSON data file `{split: {"instances", "captions", "images"}, "tokenizer"?: ...}` -> that mapping, its
+    relative paths read from the file's folder (as every task reads its data file; a tokenizer that is no path
+    there stays a Hugging Face name). Anything else (a mapping, a COCO root folder, a shapes setup) unchanged."""
+    if not isinstance(data, (str, Path)) or not Path(data).is_file():
+        return data
+    path = Path(data)
+    spec = load_yaml_file(path)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of splits to {{instances, captions, images}} (and an "
+                          f"optional 'tokenizer'), got {type(spec).__name__}")
+
+    def at(value: Any) -> Any:
+        return str(path.parent / Path(value).expanduser()) if isinstance(value, str) else value
+
+    resolved = {name: {k: at(v) for k, v in entry.items()} if isinstance(entry, Mapping) else entry
+                for name, entry in spec.items()}
+    if isinstance(spec.get("tokenizer"), str) and Path(at(spec["tokenizer"])).exists():
+        resolved["tokenizer"] = at(spec["tokenizer"])
+    return resolved
 
 
 def detection_split(data: Any, split: str) -> DetectionSplit:
@@ -488,6 +512,7 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     """
     config = config or DetectionConfig()
     output_dir = Path(output_dir)
+    setup_or_paths = detection_data(setup_or_paths)
     tokenizer = _tokenizer(setup_or_paths, checkpoint)
     trainer_config = config.trainer_config(output_dir, trainer_overrides)
     train_set = DetectionDataset(detection_split(setup_or_paths, "train"), config.train_transforms(),
@@ -530,6 +555,7 @@ def evaluate_finetuned(model_dir: str | Path, data: Any, split: str | None = Non
     `load_finetuned`); the text paired with each image follows the model's `paired_text`. Returns its metrics with
     "split"."""
     model, config = load_finetuned(DetectionModel, DetectionConfig, model_dir, config)
+    data = detection_data(data)
     tokenizer = locate_pretrained(model_dir).tokenizer_dir
     tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else _tokenizer(data, None)
     split = split or config.eval_split

@@ -48,21 +48,13 @@ def test_overrides_apply_and_errors_are_named(tmp_path):
 def test_file_sources_share_one_class_space(shapes_setup, tmp_path):
     """`data.kind: files` (the real-data path) on the shapes world's official files: COCO categories are mapped
     into the VG object vocabulary, so one label means one class in both sources."""
-    from vlpkit.data.tokenization import save_tokenizer
     from vlpkit.data.vocab import Vocab
     from vlpkit.pretraining.run import build_data
 
-    world = shapes_setup.world
+    from .conftest import files_data_section
+
     objects = Vocab(["star", "hexagon", "circle", "square", "triangle", "diamond", "tree"])  # another order
-    objects.save(tmp_path / "objects.json")
-    shapes_setup.attribute_vocab.save(tmp_path / "attributes.json")
-    save_tokenizer(shapes_setup.tokenizer, tmp_path / "tok")
-    data = {"kind": "files", "tokenizer": str(tmp_path / "tok"),
-            "coco": {"instances": str(world.instances("train")), "captions": str(world.captions("train")),
-                     "images": str(world.image_dir("train"))},
-            "vg": {k: str(world.vg(k)) for k in ("image_data", "objects", "attributes", "region_descriptions")}
-            | {"images": str(world.root / "images"), "object_vocab": str(tmp_path / "objects.json"),
-               "attribute_vocab": str(tmp_path / "attributes.json")}}
+    data = files_data_section(shapes_setup, tmp_path, objects)
     sources, tokenizer, overrides, labels = build_data(data)
     assert overrides["num_classes"] == 7 and labels[0] == objects.tokens
     coco, vg = (s.dataset for s in sources)

@@ -209,21 +209,14 @@ def test_missing_data_files_are_listed_by_config_key(tmp_path, monkeypatch):
 def test_a_coco_only_validation_split_numbers_classes_as_training_does(shapes_setup, tmp_path):
     """The paper configs validate on COCO val2014 alone (`data.val`); its classes must be the training's (COCO
     categories mapped into the VG object vocabulary), not COCO's own contiguous numbering."""
-    from vlpkit.data.tokenization import save_tokenizer
     from vlpkit.data.vocab import Vocab
     from vlpkit.pretraining.run import _validation_sources
 
+    from .conftest import files_data_section
+
     w = shapes_setup.world
     objects = Vocab(["star", "hexagon", "circle", "square", "triangle", "diamond", "tree"])  # not COCO's order
-    objects.save(tmp_path / "objects.json")
-    shapes_setup.attribute_vocab.save(tmp_path / "attributes.json")
-    save_tokenizer(shapes_setup.tokenizer, tmp_path / "tok")
-    data = {"kind": "files", "tokenizer": str(tmp_path / "tok"),
-            "coco": {"instances": str(w.instances("train")), "captions": str(w.captions("train")),
-                     "images": str(w.image_dir("train"))},
-            "vg": {k: str(w.vg(k)) for k in ("image_data", "objects", "attributes", "region_descriptions")}
-            | {"images": str(w.root / "images"), "object_vocab": str(tmp_path / "objects.json"),
-               "attribute_vocab": str(tmp_path / "attributes.json")},
+    data = {**files_data_section(shapes_setup, tmp_path, objects),
             "val": {"sources": [{"name": "coco"}],
                     "coco": {"instances": str(w.instances("val")), "captions": str(w.captions("val")),
                              "images": str(w.image_dir("val"))}}}

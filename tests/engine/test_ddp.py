@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vlpkit.engine import Trainer, TrainerConfig, seed_everything
+from vlpkit.ops.distributed import gather_shards, get_world_size, shard_range
 
 PER_PROCESS_BATCH, STEPS = 3, 4
 
@@ -49,13 +50,21 @@ def loss_fn(model, batch):
     return {"loss": mse, "loss_mse": mse}
 
 
+def eval_fn(model) -> dict[str, float]:
+    """Mean squared error over 23 items (shares of 11 and 12 under 2 processes), gathered."""
+    assert not isinstance(model, torch.nn.parallel.DistributedDataParallel)  # the bare module
+    data = ToyData()
+    errors = gather_shards([(model(data[i]["x"]) - data[i]["y"]).pow(2).item() for i in shard_range(23)])
+    return {"mse": sum(errors) / len(errors), "items": len(errors), "processes": get_world_size()}
+
+
 def make_trainer(output_dir, batch_size: int, **kw) -> Trainer:
     torch.set_num_threads(1)
     seed_everything(0)
     config = TrainerConfig(output_dir=str(output_dir), batch_size=batch_size, max_steps=STEPS, grad_accum_steps=2,
                            save_every=2, lr=1e-2, backbone_lr=1e-3, clip_max_norm=0.5, log_every=1,
-                           progress_bar=False, seed=3, backbone_prefix="backbone.", **kw)
-    return Trainer(Toy(), loss_fn, ToyData(), None, config)
+                           progress_bar=False, seed=3, backbone_prefix="backbone.", eval_every=2, **kw)
+    return Trainer(Toy(), loss_fn, ToyData(), None, config, eval_fn=eval_fn)
 
 
 def worker(out: Path) -> None:
@@ -104,6 +113,11 @@ def test_two_process_ddp_matches_one_process(tmp_path, _restore_globals):
     ddp = summary["history"]
     for key in ("loss", "grad_norm", "lr", "lr_backbone"):
         assert [r[key] for r in ddp] == pytest.approx([r[key] for r in history], rel=1e-5, abs=1e-7), key
+    # evaluation at steps 2 and 4: each process scored its share, the gathered mean equals one process's
+    assert [r.get("eval/items") for r in ddp] == [None, 23, None, 23]
+    assert [r.get("eval/processes") for r in ddp] == [None, 2, None, 2]
+    assert [r.get("eval/mse", 0.0) for r in ddp] == pytest.approx([r.get("eval/mse", 0.0) for r in history], rel=1e-5)
+    assert ddp[1]["eval/mse"] > 0
     for name, value in single.model.state_dict().items():
         torch.testing.assert_close(w0[name], value, rtol=1e-5, atol=1e-6)
 

@@ -229,7 +229,8 @@ class Trainer:
             with `accelerate.utils.send_to_device` (nested dicts/lists/tuples of tensors).
         config: `TrainerConfig`.
         eval_fn: `(model) -> dict[str, float]`, called every `eval_every` steps and at the end, in eval mode under
-            `torch.no_grad()`, on every process (so it may gather across processes).
+            `torch.no_grad()`, on every process (so it may gather across processes), with the bare model (not its
+            DDP wrapper).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, train_dataset: Dataset, collate_fn: Callable | None = None,
@@ -535,7 +536,9 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad(), self.accelerator.autocast():
-                metrics = self.eval_fn(self.model)
+                # the bare module: a DDP wrapper would sync buffers at each forward, and processes evaluating
+                # shares of different sizes run different numbers of forwards
+                metrics = self.eval_fn(self.accelerator.unwrap_model(self.model))
         finally:
             for module, mode in modes.items():
                 module.training = mode

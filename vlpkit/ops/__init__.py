@@ -1,7 +1,7 @@
-"""Operators shared by the models and losses: Hungarian matching, the distributed loss normaliser and
-DETR-style post-processing."""
+"""Operators shared by the models and losses: Hungarian matching, what processes share (the loss normaliser,
+evaluation shards) and DETR-style post-processing."""
 
-from vlpkit.ops.distributed import reduce_counts, reduce_num_boxes
+from vlpkit.ops.distributed import gather_shards, reduce_counts, reduce_num_boxes, shard_range
 from vlpkit.ops.matcher import HungarianMatcher, MatchIndices, batched_generalized_box_iou
 from vlpkit.ops.postprocess import postprocess_detections
 
@@ -9,6 +9,8 @@ __all__ = [
     "HungarianMatcher",
     "MatchIndices",
     "batched_generalized_box_iou",
+    "gather_shards",
+    "shard_range",
     "reduce_counts",
     "reduce_num_boxes",
     "postprocess_detections",

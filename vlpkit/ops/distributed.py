@@ -1,8 +1,11 @@
-"""Normalisers shared across processes: the DETR `num_boxes` all-reduce, as a helper that is a no-op without
-torch.distributed.
+"""What processes share, as helpers that are no-ops without torch.distributed.
 
-Every process divides its box losses by the *same* number, the mean count of target boxes per process (clamped to
-at least 1), so that the gradient summed by DDP equals that of one big batch, however the boxes are spread.
+- The DETR `num_boxes` all-reduce: every process divides its box losses by the *same* number, the mean count of
+  target boxes per process (clamped to at least 1), so that the gradient summed by DDP equals that of one big
+  batch, however the boxes are spread.
+- Evaluation spread over processes: `shard_range` gives each process a contiguous share of a split's examples and
+  `gather_shards` puts the shares back together, in the split's order, on every process; so every process returns
+  the metrics one process would, and the main process writes the results file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,31 @@ def is_dist_avail_and_initialized() -> bool:
 def get_world_size() -> int:
     """Number of processes in the default group (1 without torch.distributed)."""
     return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    """This process's rank in the default group (0 without torch.distributed)."""
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def shard_range(n: int) -> range:
+    """This process's contiguous share of `n` items: rank r of w gets `range(r * n // w, (r + 1) * n // w)` (shares
+    differ in size by at most one; concatenated in rank order they are `range(n)`)."""
+    world, rank = get_world_size(), get_rank()
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
+def gather_shards(items: Sequence) -> list:
+    """Every process's `items` (its share, from `shard_range`), concatenated in rank order, on every process.
+
+    Items are any picklable objects (torch's `all_gather_object`: tensors come back on the device they left).
+    Without a process group (or with one process) this is `list(items)`.
+    """
+    if get_world_size() == 1:
+        return list(items)
+    parts: list = [None] * get_world_size()
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
 
 
 def reduce_counts(counts: Sequence[float], device: torch.device | str, min_value: float = 1.0) -> list[float]:

@@ -437,10 +437,12 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
     history = trainer.train(resume=resume)
 
     report: dict[str, Any] = {}
-    if trainer.accelerator.is_main_process:  # evaluation and files on one process
-        metrics = {name: evaluate(model, tokenizer, split, name, output_dir / "results",
-                                  batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
-                   for name, split in data.eval.items()}
+    main = trainer.accelerator.is_main_process
+    # every process evaluates its share of each split; the main one writes the results files
+    metrics = {name: evaluate(model, tokenizer, split, name, output_dir / "results" if main else None,
+                              batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
+               for name, split in data.eval.items()}
+    if main:
         model.save_pretrained(output_dir / "model", config)
         carry_labels(checkpoint, output_dir / "model")
         first, last = loss_summary(history)
@@ -490,14 +492,15 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
     result: dict[str, Any] = {"train": {"steps": len(history), "first_loss": history[0]["loss"] if history else None,
                                         "last_loss": history[-1]["loss"] if history else None},
                               "output_dir": str(output_dir)}
-    if trainer.accelerator.is_main_process:
+    main = trainer.accelerator.is_main_process
+    if val_metrics:
+        result["val"] = dict(val_metrics)
+    if config.test_split in data.splits:  # every process scores its share; the main one writes the results file
+        result["test"] = evaluate(model, data.tokenizer, data, config.test_split, output_dir if main else None, config)
+    if main:
         model.save_pretrained(output_dir / "model", config)
         carry_labels(checkpoint, output_dir / "model")
         write_json(output_dir / config_name, config.to_dict())
-        if val_metrics:
-            result["val"] = dict(val_metrics)
-        if config.test_split in data.splits:
-            result["test"] = evaluate(model, data.tokenizer, data, config.test_split, output_dir, config)
         if cache is not None:
             result["trunk_cache"] = log_trunk_cache(cache)
         write_json(output_dir / "metrics.json", result)

@@ -46,7 +46,7 @@ from ..metrics.captioning import (
 )
 from ..models import E2EVLP
 from ..models.outputs import GenerationOutput
-from ..ops.distributed import reduce_counts
+from ..ops.distributed import gather_shards, reduce_counts, shard_range
 from ..yamlio import load_yaml_file
 from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public here too)
     BACKBONE_PREFIX,
@@ -458,7 +458,8 @@ def _unwrap(model) -> tuple[E2EVLP, nn.Module]:
 @torch.no_grad()
 def predict_captions(model, tokenizer, reader, config: CaptioningConfig | None = None,
                      max_images: int | None = None) -> tuple[dict, dict]:
-    """Caption the images of a `per="image"` reader (with evaluation transforms).
+    """Caption the images of a `per="image"` reader (with evaluation transforms). Under torch.distributed each
+    process captions its share (`shard_range`) and every process returns them all.
 
     Returns ({image_id: caption}, {image_id: [reference captions]}).
     """
@@ -466,12 +467,13 @@ def predict_captions(model, tokenizer, reader, config: CaptioningConfig | None =
     e2evlp, module = _unwrap(model)
     device = next(e2evlp.parameters()).device
     n = len(reader) if max_images is None else min(max_images, len(reader))
+    share = shard_range(n)
     predictions, references = {}, {}
     was_training = module.training
     module.eval()
     try:
-        for start in range(0, n, config.eval_batch_size):
-            samples = [reader[i] for i in range(start, min(n, start + config.eval_batch_size))]
+        for start in range(share.start, share.stop, config.eval_batch_size):
+            samples = [reader[i] for i in range(start, min(share.stop, start + config.eval_batch_size))]
             pixel_values, pixel_mask = collate_images([s["image"] for s in samples])
             gen = e2evlp.generate(pixel_values.to(device), pixel_mask.to(device), num_beams=config.num_beams,
                                   max_length=config.max_generation_length, min_length=config.min_generation_length,
@@ -482,7 +484,7 @@ def predict_captions(model, tokenizer, reader, config: CaptioningConfig | None =
                 references[s["image_id"]] = list(s["captions"])
     finally:
         module.train(was_training)
-    return predictions, references
+    return dict(gather_shards(list(predictions.items()))), dict(gather_shards(list(references.items())))
 
 
 def evaluate_captioning(model, tokenizer, data, split: str = "test", output_dir: str | Path | None = None,

@@ -45,7 +45,7 @@ from ..losses import SetCriterion
 from ..metrics.detection import evaluate_detections, to_coco_results
 from ..models import E2EVLP
 from ..models.outputs import DetectionOutput, EncoderOutput
-from ..ops import HungarianMatcher, postprocess_detections
+from ..ops import HungarianMatcher, gather_shards, postprocess_detections, shard_range
 from ..pretraining.sources import CocoWithCaptions
 from ..yamlio import load_yaml_file
 from .base import (
@@ -410,7 +410,8 @@ def detection_loss(model: DetectionModel, batch: Batch, criterion: SetCriterion 
 @torch.no_grad()
 def detection_results(model: DetectionModel, tokenizer, dataset: DetectionDataset, batch_size: int = 8,
                       max_images: int | None = None) -> tuple[list[dict], list[int]]:
-    """COCO-format detections of every query of the first `max_images` images (all by default), and their ids."""
+    """COCO-format detections of every query of the first `max_images` images (all by default), and their ids.
+    Under torch.distributed each process detects in its share (`shard_range`) and every process returns them all."""
     if model.config.num_classes != dataset.num_classes:
         raise ValueError(f"the model predicts {model.config.num_classes} classes but {dataset.split.instances} has "
                          f"{dataset.num_classes} categories; fine-tune it with "
@@ -418,16 +419,17 @@ def detection_results(model: DetectionModel, tokenizer, dataset: DetectionDatase
     device = next(model.parameters()).device
     collate = DetectionCollator(tokenizer, model.config.max_text_length)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    share = shard_range(n)
     results, image_ids = [], []
-    for start in range(0, n, batch_size):
-        batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))]).to(device)
+    for start in range(share.start, share.stop, batch_size):
+        batch = collate([dataset[i] for i in range(start, min(share.stop, start + batch_size))]).to(device)
         detections = postprocess_detections(model(batch).to_dict())
         ids = [int(t["image_id"]) for t in batch.targets]
         results += to_coco_results([d["boxes"].cpu() for d in detections], [d["scores"].cpu() for d in detections],
                                    [d["labels"].cpu() for d in detections], ids,
                                    [t["orig_size"].tolist() for t in batch.targets], dataset.label_to_category_id)
         image_ids += ids
-    return results, image_ids
+    return gather_shards(results), gather_shards(image_ids)
 
 
 def evaluate_detection(model: DetectionModel, tokenizer, data: Any, split: str = "val",
@@ -528,9 +530,12 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
                       DetectionCollator(tokenizer, model.config.max_text_length), trainer_config)
     history = trainer.train(resume=resume)
     result = {"split": config.eval_split, "metrics": {}, "history": history, "model_dir": str(output_dir / "model")}
-    if not trainer.accelerator.is_main_process:
+    # every process detects in its share of the split; the main one writes the files
+    main = trainer.accelerator.is_main_process
+    metrics = evaluate_detection(model, tokenizer, setup_or_paths, config.eval_split, output_dir if main else None,
+                                 config)
+    if not main:
         return result
-    metrics = evaluate_detection(model, tokenizer, setup_or_paths, config.eval_split, output_dir, config)
     model_dir = model.save_pretrained(output_dir / "model", config)
     save_tokenizer(tokenizer, model_dir / "tokenizer")
     save_labels(model_dir, train_set.category_names, _attribute_names(setup_or_paths, checkpoint, model),

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME, load_model_config
@@ -37,6 +37,7 @@ from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..metrics import nlvr2 as nlvr2_metric
 from ..models import E2EVLP
+from ..ops.distributed import gather_shards, shard_range
 from .base import (
     MLPClassifier,
     TaskConfig,
@@ -310,7 +311,8 @@ def nlvr2_loss(model: NLVR2Model, batch: Batch) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def predict_nlvr2(model: NLVR2Model, dataset: NLVR2Dataset, tokenizer, batch_size: int = 64,
                   num_workers: int = 0) -> dict[str, Any]:
-    """Predictions for every example of `dataset` (built with eval transforms).
+    """Predictions for every example of `dataset` (built with eval transforms). Under torch.distributed each process
+    judges its share (`shard_range`) and every process returns them all.
 
     Returns:
         {"identifiers": [N], "predictions": [N] bools, "labels": [N] bools (from the file)}.
@@ -318,8 +320,8 @@ def predict_nlvr2(model: NLVR2Model, dataset: NLVR2Dataset, tokenizer, batch_siz
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=NLVR2Collator(tokenizer, model.config.max_text_length))
+    loader = DataLoader(Subset(dataset, shard_range(len(dataset))), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=NLVR2Collator(tokenizer, model.config.max_text_length))
     identifiers, predictions, labels = [], [], []
     try:
         for batch in loader:
@@ -328,6 +330,7 @@ def predict_nlvr2(model: NLVR2Model, dataset: NLVR2Dataset, tokenizer, batch_siz
             labels += (batch.labels == 1).tolist()
     finally:
         model.train(was_training)
+    identifiers, predictions, labels = (gather_shards(x) for x in (identifiers, predictions, labels))
     return {"identifiers": identifiers, "predictions": predictions, "labels": labels}
 
 

@@ -43,6 +43,7 @@ from ..metrics.retrieval import RetrievalResult, retrieval_recall
 from ..models import E2EVLP
 from ..models.heads import ITMHead, Pooler
 from ..models.outputs import EncoderOutput, ImageEmbedding
+from ..ops.distributed import gather_shards, shard_range
 from .base import (
     TaskConfig,
     TaskModel,
@@ -450,9 +451,9 @@ class _LazyImages(Sequence):
         return self.get(i)
 
 
-def _image_chunks(images: Sequence[torch.Tensor], size: int, device):
-    for start in range(0, len(images), size):
-        rows = range(start, min(len(images), start + size))
+def _image_chunks(images: Sequence[torch.Tensor], size: int, device, share: range):
+    for start in range(share.start, share.stop, size):
+        rows = range(start, min(share.stop, start + size))
         pixel_values, pixel_mask = collate_images([images[i] for i in rows])
         yield rows, pixel_values.to(device), pixel_mask.to(device)
 
@@ -464,15 +465,17 @@ def score_selected_pairs(model: RetrievalModel, images: Sequence[torch.Tensor], 
     """Full-model logits of the pairs where `selected` [N_img, N_txt] is True (NaN elsewhere), on the CPU.
 
     Images go through the backbone `image_batch_size` at a time (once each); the selected pairs of those images
-    are encoded `pair_batch_size` at a time, in row-major order.
+    are encoded `pair_batch_size` at a time, in row-major order. Under torch.distributed each process scores the
+    rows of its share of the images (`shard_range`) and every process returns all rows.
     """
     model = _unwrap(model)
     device = next(model.parameters()).device
     out = torch.full(selected.shape, float("nan"))
+    share = shard_range(len(images))
     was_training = model.training
     model.eval()
     try:
-        for rows, pixel_values, pixel_mask in _image_chunks(images, image_batch_size, device):
+        for rows, pixel_values, pixel_mask in _image_chunks(images, image_batch_size, device, share):
             image = model.e2evlp.embed_image(pixel_values, pixel_mask)
             local, text = selected[rows.start:rows.stop].nonzero(as_tuple=True)
             for start in range(0, len(local), pair_batch_size):
@@ -480,7 +483,7 @@ def score_selected_pairs(model: RetrievalModel, images: Sequence[torch.Tensor], 
                 out[i + rows.start, t] = model.score_pairs(image, i, texts, t).float().cpu()
     finally:
         model.train(was_training)
-    return out
+    return torch.cat(gather_shards([out[share.start:share.stop]]))
 
 
 def full_scores(model: RetrievalModel, images: Sequence[torch.Tensor], texts: TextInputs,
@@ -495,7 +498,8 @@ def dual_scores(model: RetrievalModel, images: Sequence[torch.Tensor], texts: Te
                 image_batch_size: int = 16, text_batch_size: int = 256) -> torch.Tensor:
     """[N_img, N_txt] cosine of separately encoded [CLS] states: `[CLS] [SEP] grid` for each image, `[CLS] text
     [SEP]` alone for each text (N_img + N_txt encoder rows). The cheap first stage of re-ranking; not trained for
-    this by the task loss, so keep k generous."""
+    this by the task loss, so keep k generous. Under torch.distributed each process encodes its share of the
+    images and of the texts (`shard_range`) and every process returns the whole matrix."""
     model = _unwrap(model)
     e2evlp = model.e2evlp
     device = next(model.parameters()).device
@@ -503,17 +507,19 @@ def dual_scores(model: RetrievalModel, images: Sequence[torch.Tensor], texts: Te
     model.eval()
     try:
         image_cls = []
-        for _, pixel_values, pixel_mask in _image_chunks(images, image_batch_size, device):
+        for _, pixel_values, pixel_mask in _image_chunks(images, image_batch_size, device, shard_range(len(images))):
             image_cls.append(e2evlp.encode(pixel_values, pixel_mask).cls_state.float().cpu())
         text_cls = []
-        for start in range(0, len(texts), text_batch_size):
-            ids, mask, types = texts.select(torch.arange(start, min(len(texts), start + text_batch_size)), device)
+        share = shard_range(len(texts))
+        for start in range(share.start, share.stop, text_batch_size):
+            ids, mask, types = texts.select(torch.arange(start, min(share.stop, start + text_batch_size)), device)
             states = e2evlp.encoder(e2evlp.text_embeddings(ids, types), torch.zeros(*ids.shape, e2evlp.config.d_model,
                                     device=device), ~mask.bool())
             text_cls.append(states[:, 0].float().cpu())
     finally:
         model.train(was_training)
-    return F.normalize(torch.cat(image_cls), dim=-1) @ F.normalize(torch.cat(text_cls), dim=-1).T
+    image_cls, text_cls = (torch.cat(gather_shards(x)) for x in (image_cls, text_cls))
+    return F.normalize(image_cls, dim=-1) @ F.normalize(text_cls, dim=-1).T
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME, load_model_config
@@ -41,6 +41,7 @@ from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..data.vocab import Vocab, as_vocab
 from ..metrics import vqa as vqa_metric
 from ..models import E2EVLP
+from ..ops.distributed import gather_shards, shard_range
 from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_trainer_config: public here too)
     BACKBONE_PREFIX,
     IMAGE_DEFAULTS,
@@ -412,6 +413,8 @@ def predict_vqa(model: VQAModel, dataset: VQADataset, tokenizer, batch_size: int
                 num_workers: int = 0) -> dict[str, Any]:
     """Arg-max answers of every question of `dataset` (built with `model.answer_vocab` and eval transforms).
 
+    Under torch.distributed each process answers its share (`shard_range`) and every process returns them all.
+
     Returns:
         {"question_ids": [N], "answers": [N] strings, "soft_scores": [N] floats (the dataset's target score of
         each predicted answer; None without annotations), "answer_types": [N] (None without annotations)}.
@@ -419,8 +422,8 @@ def predict_vqa(model: VQAModel, dataset: VQADataset, tokenizer, batch_size: int
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=VQACollator(tokenizer, model.config.max_text_length))
+    loader = DataLoader(Subset(dataset, shard_range(len(dataset))), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=VQACollator(tokenizer, model.config.max_text_length))
     qids, answers, soft, types = [], [], [], []
     try:
         for batch in loader:
@@ -432,6 +435,7 @@ def predict_vqa(model: VQAModel, dataset: VQADataset, tokenizer, batch_size: int
                 soft += batch.answer_scores.gather(1, pred[:, None]).squeeze(1).tolist()
     finally:
         model.train(was_training)
+    qids, answers, soft, types = (gather_shards(x) for x in (qids, answers, soft, types))
     annotated = len(soft) == len(qids)
     return {"question_ids": qids, "answers": answers, "soft_scores": soft if annotated else None,
             "answer_types": types if annotated else None}

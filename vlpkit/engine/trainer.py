@@ -51,6 +51,7 @@ from ..checkpoint import (
 )
 from ..config import ConfigError
 from ..schema import check_fields
+from .loader import loader_workers
 from .logging import MetricLogger
 from .optim import build_optimizer, build_scheduler, check_lr_groups
 from .run_dir import RunDirError, RunLock, check_writable, describe_stale
@@ -113,7 +114,7 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact reruns and resumes
     shuffle: bool = True
     drop_last: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: engine.loader.loader_workers (0 on a CPU)
     log_every: int = 10  # steps between console / log.jsonl lines (0: only the last step)
     eval_every: int = 0  # 0: evaluate only at the end
     save_every: int = 500  # 0: save only at the end
@@ -141,9 +142,11 @@ class TrainerConfig:
         check(self.max_steps is not None or self.epochs > 0, f"epochs={self.epochs}; expected > 0")
         for name in ("batch_size", "grad_accum_steps"):
             check(getattr(self, name) >= 1, f"{name}={getattr(self, name)}; expected >= 1")
-        for name in ("lr", "backbone_lr", "weight_decay", "clip_max_norm", "warmup_steps", "num_workers",
-                     "log_every", "eval_every", "save_every", "keep_last", "seed"):
+        for name in ("lr", "backbone_lr", "weight_decay", "clip_max_norm", "warmup_steps", "log_every", "eval_every",
+                     "save_every", "keep_last", "seed"):
             check(getattr(self, name) >= 0, f"{name}={getattr(self, name)}; expected >= 0")
+        check(self.num_workers is None or self.num_workers >= 0,
+              f"num_workers={self.num_workers}; expected >= 0 or None (automatic)")
         try:
             check_lr_groups(self.lr_groups)
         except ValueError as err:
@@ -263,6 +266,7 @@ class Trainer:
             warnings.warn("mixed_precision='bf16' on CPU runs convolutions through torch's slow reference path "
                           "(about 10x slower for e2evlp-tiny); it is meant for GPUs", stacklevel=2)
         seed_everything(cfg.seed, cfg.deterministic, acc.process_index)
+        self.num_workers = loader_workers(cfg.num_workers, acc.device)
 
         self.model, self.loss_fn, self.eval_fn = model, loss_fn, eval_fn
         self.train_dataset, self.collate_fn = train_dataset, collate_fn
@@ -442,7 +446,7 @@ class Trainer:
         generator = torch.Generator()
         generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1))
         return DataLoader(self.train_dataset, batch_size=cfg.batch_size, sampler=self.sampler,
-                          collate_fn=self.collate_fn, num_workers=cfg.num_workers, drop_last=cfg.drop_last,
+                          collate_fn=self.collate_fn, num_workers=self.num_workers, drop_last=cfg.drop_last,
                           generator=generator, pin_memory=self.accelerator.device.type == "cuda")
 
     def _update(self, batches, window: int) -> dict[str, float]:

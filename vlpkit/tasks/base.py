@@ -440,7 +440,7 @@ def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_s
     main = trainer.accelerator.is_main_process
     # every process evaluates its share of each split; the main one writes the results files
     metrics = {name: evaluate(model, tokenizer, split, name, output_dir / "results" if main else None,
-                              batch_size=config.eval_batch_size, num_workers=trainer_cfg.num_workers)
+                              batch_size=config.eval_batch_size, num_workers=trainer.num_workers)
                for name, split in data.eval.items()}
     if main:
         model.save_pretrained(output_dir / "model", config)

@@ -5,9 +5,9 @@
 
 copies `<run>/demo_predictions.png` to `docs/images/demo_predictions.png`, writes `docs/images/demo_card.json`
 (the metrics, the wall time, the hash of vlpkit/configs/e2evlp-tiny.yaml and the commit) and rewrites the table
-between the README's `<!-- demo-card:begin -->` / `<!-- demo-card:end -->` markers. `tests/test_docs.py` fails
-when the shipped config's hash differs from the card's (rerun the demo and this script) or when the README's table
-differs from the card.
+between the `<!-- demo-card:begin -->` / `<!-- demo-card:end -->` markers of the README and docs/pretraining.md.
+`tests/test_docs.py` fails when the shipped config's hash differs from the card's (rerun the demo and this script)
+or when either page's table differs from the card.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from benchmarks.payoff import config_sha, git_commit  # noqa: E402
 CARD = ROOT / "docs" / "images" / "demo_card.json"
 FIGURE = ROOT / "docs" / "images" / "demo_predictions.png"
 BEGIN, END = "<!-- demo-card:begin -->", "<!-- demo-card:end -->"
+PAGES = (ROOT / "README.md", ROOT / "docs" / "pretraining.md")
 SHOWN = ("detection AP50", "caption CIDEr", "ITM accuracy", "ITM ranking", "MLM accuracy", "grounding probe")
 
 
@@ -57,11 +58,10 @@ def main(argv=None) -> int:
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / "demo_predictions.png", FIGURE)
     CARD.write_text(json.dumps(card, indent=1) + "\n")
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    readme.write_text(f"{head}{BEGIN}\n{table(card)}\n{END}{tail}")
+    for page in PAGES:
+        head, rest = page.read_text().split(BEGIN)
+        _, tail = rest.split(END)
+        page.write_text(f"{head}{BEGIN}\n{table(card)}\n{END}{tail}")
     print(table(card))
     return 0
 

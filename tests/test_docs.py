@@ -193,18 +193,20 @@ def test_reliability_cases_name_tests_that_exist():
 
 
 def test_readme_demo_card_is_current():
-    """The README's demo figure and table come from `benchmarks/demo_card.py` on a demo of the shipped
-    e2evlp-tiny.yaml: a changed config (rerun the demo and the script) or a hand-edited table fails here."""
+    """The demo figure and the table in the README and docs/pretraining.md come from `benchmarks/demo_card.py` on a
+    demo of the shipped e2evlp-tiny.yaml: a changed config (rerun the demo and the script) or a hand-edited table
+    fails here."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.demo_card import BEGIN, CARD, END, FIGURE, table
+    from benchmarks.demo_card import BEGIN, CARD, END, FIGURE, PAGES, table
     from benchmarks.payoff import config_sha
 
     card = json.loads(CARD.read_text())
     assert card["config_sha"] == config_sha(), (
         "vlpkit/configs/e2evlp-tiny.yaml changed since the README's demo card was made: run `vlpkit demo` and "
         "`python benchmarks/demo_card.py --run RUN`")
-    block = (ROOT / "README.md").read_text().split(BEGIN)[1].split(END)[0]
-    assert block.strip() == table(card).strip()
+    for page in PAGES:
+        block = page.read_text().split(BEGIN)[1].split(END)[0]
+        assert block.strip() == table(card).strip(), f"{page.name}: run `python benchmarks/demo_card.py --run RUN`"
     assert FIGURE.stat().st_size > 10_000
 
 

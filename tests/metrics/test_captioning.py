@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vlpkit.metrics.captioning import (
+    best_constant_caption,
     compute_caption_metrics,
     evaluate_caption_files,
     evaluate_captions,
@@ -234,3 +235,20 @@ def test_without_java_auto_falls_back_to_simple(monkeypatch):
         tokenize_captions(caps, "ptb")
     with pytest.raises(RuntimeError, match="METEOR needs Java"):
         evaluate_captions({1: ["a dog"]}, {1: "a dog"}, tokenizer="simple", metrics=("METEOR",))
+
+
+def test_best_constant_caption_is_the_best_scoring_frequent_training_caption():
+    references = {1: ["a red square on the left", "a red square"], 2: ["two blue circles", "blue circles"],
+                  3: ["a red square and a blue circle", "a square and a circle"]}
+    train = ["a red square"] * 3 + ["two blue circles"] * 2 + ["a green triangle"] * 4 + ["a red square and a circle"]
+    caption, scores = best_constant_caption(references, train, candidates=3, tokenizer="simple")
+    # an independent formulation: every candidate scored with evaluate_captions, the best by CIDEr
+    by_hand = {c: evaluate_captions(references, {i: c for i in references}, tokenizer="simple",
+                                    metrics=("Bleu", "CIDEr"))
+               for c in ("a green triangle", "a red square", "two blue circles")}
+    assert caption == max(by_hand, key=lambda c: by_hand[c]["CIDEr"])
+    assert scores["CIDEr"] == pytest.approx(by_hand[caption]["CIDEr"])
+    assert caption != "a red square and a circle"  # only the 3 most frequent are candidates
+    assert by_hand[caption]["CIDEr"] > by_hand["a green triangle"]["CIDEr"]  # the most frequent is not the pick
+    with pytest.raises(ValueError, match="0 candidate"):
+        best_constant_caption(references, [])

@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -246,6 +247,29 @@ def evaluate_captions(
 # ---------------------------------------------------------------------------------------------------------
 # COCO files
 # ---------------------------------------------------------------------------------------------------------
+def best_constant_caption(references: Mapping[Hashable, Sequence[str]], train_captions: Iterable[str],
+                          candidates: int = 20, metric: str = "CIDEr",
+                          tokenizer: str = "auto") -> tuple[str, dict[str, float]]:
+    """Captioning's trivial baseline: of the `candidates` most frequent training captions, the one that, given
+    unchanged to every image, scores best by `metric` against `references` ({image id: reference captions}).
+
+    Choose it on one split and score it on another with `evaluate_captions` (docs/tasks/captioning.md does: chosen
+    on val, scored on test). Returns (the caption, its corpus scores: "Bleu_1".."Bleu_4", "CIDEr").
+    """
+    pool = [caption for caption, _ in Counter(train_captions).most_common(candidates)]
+    if not pool or not references:
+        raise ValueError(f"best_constant_caption needs training captions and references, got {len(pool)} "
+                         f"candidate(s) and {len(references)} image(s)")
+    gts = tokenize_captions(references, tokenizer)
+    tokenized = tokenize_captions({k: [c] for k, c in enumerate(pool)}, tokenizer)
+    best: tuple[str, dict[str, float]] | None = None
+    for k, caption in enumerate(pool):
+        scores = compute_caption_metrics(gts, {i: tokenized[k][0] for i in gts}, ("Bleu", "CIDEr")).corpus
+        if best is None or scores[metric] > best[1][metric]:
+            best = (caption, scores)
+    return best
+
+
 def _read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.is_file():

@@ -21,7 +21,7 @@ import torch
 from ..data.batch import collate_images, collate_texts
 from ..data.masking import mask_tokens
 from ..data.readers import CocoDetection
-from ..metrics.captioning import compute_caption_metrics, tokenize_captions
+from ..metrics.captioning import best_constant_caption, compute_caption_metrics, tokenize_captions
 from ..metrics.detection import evaluate_detections, to_coco_results
 from ..ops.postprocess import postprocess_detections
 from .probe import GroundingProbe, probe_batch
@@ -105,13 +105,7 @@ def evaluate_pretrained(model, tokenizer, instances_json, captions_json, image_r
     gts = tokenize_captions({i: captions[i] for i in image_ids})
     res = {i: c[0] for i, c in tokenize_captions({i: [predictions[i]["caption"]] for i in image_ids}).items()}
     cap = compute_caption_metrics(gts, res, ("Bleu", "CIDEr")).corpus
-    candidates = [c for c, _ in Counter(train_captions).most_common(20)]
-    tokenized = tokenize_captions({k: [c] for k, c in enumerate(candidates)})
-    best_constant, best_constant_scores = None, {"CIDEr": -1.0, "Bleu_4": 0.0}
-    for k, candidate in enumerate(candidates):
-        scores = compute_caption_metrics(gts, {i: tokenized[k][0] for i in image_ids}, ("Bleu", "CIDEr")).corpus
-        if scores["CIDEr"] > best_constant_scores["CIDEr"]:
-            best_constant, best_constant_scores = candidate, scores
+    best_constant, best_constant_scores = best_constant_caption({i: captions[i] for i in image_ids}, train_captions)
     pairs = 2 * len(image_ids) if len(image_ids) > 1 else 1
     metrics = {
         "detection AP": (det["AP"], 0.0),

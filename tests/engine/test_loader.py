@@ -4,14 +4,13 @@ feeding the trainer the same batches as the main process does."""
 from __future__ import annotations
 
 import pytest
-import torch
 from accelerate.state import AcceleratorState
 
+from tests.engine.test_trainer import Toy, ToyData, loss_fn
 from vlpkit.config import ConfigError
 from vlpkit.engine import Trainer, TrainerConfig, seed_everything
 from vlpkit.engine import loader as loader_module
 from vlpkit.engine.loader import loader_workers
-from tests.engine.test_trainer import Toy, ToyData, loss_fn
 
 
 @pytest.fixture(autouse=True)

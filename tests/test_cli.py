@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from vlpkit.cli import main
-from vlpkit.inference import load_labels
+from vlpkit.inference import E2EVLPPredictor, load_labels
 
 IMAGES = 48  # the smallest world with NLVR2 dev and test1 sets (images // 16 sets, split 80/10/10)
 SMALL = ["task.train_scales=[64]", "task.max_size=96", "task.eval_size=64", "task.batch_size=4"]
@@ -117,6 +119,52 @@ def test_evaluate_reproduces_the_finetuning_metrics_and_results_file(task, pretr
     if task in ("vqa", "nlvr2"):
         with pytest.raises(KeyError, match="available"):
             main(["evaluate", task, "--model", str(run), *data, "--split", "train2"])
+    if task == "vqa":  # the fine-tuned folder answers questions about a file, as the predictor does
+        image = _image_file(tmp_path / "mine.png")
+        assert main(["predict", "--model", str(run), str(image), "--question", "what color is the circle?",
+                     "--json"]) == 0
+        [result] = json.loads(capsys.readouterr().out)
+        expected = E2EVLPPredictor.from_pretrained(run).answer([Image.open(image).convert("RGB")],
+                                                                ["what color is the circle?"])
+        assert result["answer"] == expected[0] and 0 < result["answer_score"] <= 1
+
+
+def _image_file(path, seed=0):
+    """A 96x72 PNG of coloured noise blocks: the user's own image, of a size the model never saw."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (9, 12, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_predict_on_image_files(pretrained, tmp_path, capsys):
+    images = [str(_image_file(tmp_path / "a.png", 0)), str(_image_file(tmp_path / "b.jpg", 1))]
+    assert main(["predict", "--model", str(pretrained), *images, "--caption", "--detect", "--threshold", "0",
+                 "--match", "a red circle", "--match", "three blue squares", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    predictor = E2EVLPPredictor.from_pretrained(pretrained)
+    pictures = [Image.open(p).convert("RGB") for p in images]
+    assert [r["image"] for r in results] == images
+    assert [r["caption"] for r in results] == predictor.caption(pictures)
+    queries = predictor.model.config.num_queries
+    for r, det in zip(results, predictor.detect(pictures, threshold=0.0)):
+        assert len(r["detections"]) == queries == len(det["labels"])  # threshold 0 keeps every query
+        assert [d["label"] for d in r["detections"]] == det["labels"]
+        assert all(0 <= d["box"][0] <= d["box"][2] <= 96 and 0 <= d["box"][1] <= d["box"][3] <= 72
+                   for d in r["detections"])  # pixels of the file as given
+    matched = predictor.match(pictures, ["a red circle", "three blue squares"])
+    assert [v for r in results for v in r["match"].values()] == pytest.approx(matched.flatten().tolist(), abs=1e-4)
+
+    # the text form, the default (a caption), and named errors with exit status 2
+    assert main(["predict", "--model", str(pretrained), images[0]]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == images[0] and out.splitlines()[1].startswith(f"  caption: {results[0]['caption']}")
+    assert main(["predict", "--model", str(pretrained), images[0], "--question", "how many?"]) == 2
+    assert "cannot answer questions: it has no VQA head" in capsys.readouterr().err
+    assert main(["predict", "--model", str(pretrained), str(tmp_path / "missing.jpg")]) == 2
+    assert f"image not found: {tmp_path / 'missing.jpg'}" in capsys.readouterr().err
+    (tmp_path / "notes.jpg").write_text("not an image")
+    assert main(["predict", "--model", str(pretrained), str(tmp_path / "notes.jpg")]) == 2
+    assert "notes.jpg is not a readable image" in capsys.readouterr().err
 
 
 def test_evaluate_arguments_are_checked(tmp_path):

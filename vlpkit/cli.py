@@ -199,6 +199,22 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .predict import PredictError, format_predictions, predict_files
+
+    try:
+        results = predict_files(args.model, args.images, caption=args.caption or not (
+            args.question or args.detect or args.match), question=args.question, detect=args.detect,
+            text=args.text, match=args.match, threshold=args.threshold, num_beams=args.beams, device=args.device)
+    except (PredictError, FileNotFoundError) as err:
+        print(f"vlpkit predict: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(results, indent=1) if args.json else format_predictions(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlpkit", description="E2E-VLP reference implementation")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE",
                     help="change a field of the recorded recipe, e.g. task.eval_batch_size=8")
     ev.set_defaults(func=_evaluate)
+    pred = sub.add_parser("predict", help="caption, question, detect or match your own image files with a saved "
+                                          "model (default: --caption)")
+    pred.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    pred.add_argument("--model", required=True,
+                      help="a run folder (vlpkit demo / pretrain) or a fine-tuned task folder (vlpkit finetune)")
+    pred.add_argument("--caption", action="store_true", help="describe each image (beam search)")
+    pred.add_argument("--question", default=None, help="answer this question about each image (a VQA folder)")
+    pred.add_argument("--detect", action="store_true", help="list the objects found, with their attributes")
+    pred.add_argument("--text", default=None, help="with --detect: a text the encoder reads beside the image")
+    pred.add_argument("--match", action="append", default=[], metavar="CAPTION",
+                      help="score how well a caption describes each image (repeat for several)")
+    pred.add_argument("--threshold", type=float, default=0.5, help="with --detect: the lowest score shown")
+    pred.add_argument("--beams", type=int, default=4, help="with --caption: beam size")
+    pred.add_argument("--device", default=None, help="cuda, cpu, ... (default: the CPU)")
+    pred.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pred.set_defaults(func=_predict)
     smoke = sub.add_parser("smoke", help="build a model and run one forward pass on a random image")
     smoke.add_argument("--preset", default="e2evlp-tiny")
     smoke.add_argument("--height", type=int, default=128)

@@ -67,8 +67,9 @@ def run_demo(config: str = "e2evlp-tiny", overrides: list[str] | None = None, ma
                "grounding_probe": {"right_image": report["probe"].right, "other_image": report["probe"].wrong,
                                    "rows": report["probe"].rows}}
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"figure: {out / 'demo_predictions.png'}; checkpoint: {out / 'model'}; "
-          f"metrics: {out / 'demo_metrics.json'}; wall time {total:.0f}s")
+    print(f"figure: {out / 'demo_predictions.png'}\nmetrics: {out / 'demo_metrics.json'}\nmodel: {out / 'model'}\n"
+          f"wall time {total:.0f}s\n"
+          f"on your own image: .venv/bin/vlpkit predict --model {out} --caption --detect YOUR_IMAGE.jpg")
     return summary
 
 

@@ -47,3 +47,39 @@ def test_cache_reorder_selects_rows():
         stepped = model.decode_step(nxt, cache)[:, 0]
         full = model.caption_logits(enc, torch.cat([tokens[index], nxt], 1))[:, -1]
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=0)
+
+
+def test_grouped_cross_attention_equals_expanded_keys_and_values():
+    import pytest
+
+    from vlpkit.models.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4).eval()
+    images, beams, t, s = 3, 4, 2, 7
+    memory = torch.randn(images, s, 32)
+    kv = attn.project_kv(memory, memory)
+    mask = torch.zeros(images, s, dtype=torch.bool)
+    mask[1, 5:] = True  # padding in one image
+    query = torch.randn(images * beams, t, 32)
+    grouped, _ = attn(query, kv=kv, key_padding_mask=mask)
+    expanded = tuple(x.repeat_interleave(beams, 0) for x in kv)
+    reference, _ = attn(query, kv=expanded, key_padding_mask=mask.repeat_interleave(beams, 0))
+    torch.testing.assert_close(grouped, reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="grouped queries need a whole multiple"):
+        attn(torch.randn(images * beams + 1, t, 32), kv=kv, key_padding_mask=mask)
+
+
+def test_beam_search_keeps_one_cross_attention_row_per_image():
+    from vlpkit.generation.decoding import CachedCaptionStep
+
+    torch.manual_seed(0)
+    model = build_e2evlp("e2evlp-tiny").eval()
+    with torch.no_grad():
+        encoding = model.encode(torch.randn(3, 3, 64, 64))
+        step = CachedCaptionStep(model, encoding, num_beams=4)
+        assert step.cache.cross_kv[0][0].shape[0] == 3  # not 12: the beams of an image share its row
+        step(torch.full((12, 1), model.config.bos_token_id))
+        step.reorder(torch.tensor([4, 4, 5, 6, 8, 9, 9, 11]))  # image 0 finished; images 1 and 2 go on
+    assert step.cache.cross_kv[0][0].shape[0] == 2 and step.cache.self_kv[0][0].shape[0] == 8
+    torch.testing.assert_close(step.cache.cross_kv[0][0], model.init_decoder_cache(encoding).cross_kv[0][0][1:])

@@ -3,10 +3,10 @@
 Two step functions adapt the model to the model-free search algorithms:
 
 - `CachedCaptionStep` (default, `use_cache=True`): the memory's cross-attention keys/values are projected
-  once per image (`model.init_decoder_cache`) and the projected rows are then repeated once per beam (the
-  beams of an image share them: projecting an already expanded memory would cost `num_beams` times more);
-  each step feeds only the newest token and grows the self-attention cache, which is reordered by beam index
-  after every step.
+  once per image (`model.init_decoder_cache`) and kept once per image: the `num_beams` beams of an image attend
+  to its row together (grouped cross-attention, `MultiHeadAttention`), so each step reads the memory once per
+  image rather than once per beam; each step feeds only the newest token and grows the self-attention cache,
+  which is reordered by beam index after every step.
 - `UncachedCaptionStep` (`use_cache=False`): each step runs `model.caption_logits` on the whole prefix, i.e.
   recomputes every position and the cross-attention projections. It is the reference the cached path is
   tested and benchmarked against.
@@ -34,11 +34,8 @@ class CachedCaptionStep:
 
     def __init__(self, model, encoding: EncoderOutput, num_beams: int = 1) -> None:
         self.model = model
-        self.cache = model.init_decoder_cache(encoding)
-        if num_beams > 1:
-            self.cache.cross_kv = [(k.repeat_interleave(num_beams, 0), v.repeat_interleave(num_beams, 0))
-                                   for k, v in self.cache.cross_kv]
-            self.cache.memory_padding_mask = self.cache.memory_padding_mask.repeat_interleave(num_beams, 0)
+        self.num_beams = num_beams
+        self.cache = model.init_decoder_cache(encoding)  # one cross-attention row per image, shared by its beams
 
     def __call__(self, prefix: torch.Tensor) -> torch.Tensor:
         logits = self.model.decode_step(prefix[:, self.cache.length:], self.cache)[:, -1]
@@ -46,12 +43,13 @@ class CachedCaptionStep:
 
     def reorder(self, index: torch.Tensor) -> None:
         self.cache.reorder(index)
-        if index.numel() != self.cache.memory_padding_mask.shape[0]:
-            # Finished images left the batch. `index` only maps rows to rows of the same image, whose memory rows
-            # are identical, so selecting the cross-attention keys/values with it is exact (a copy, no projection).
-            self.cache.cross_kv = [(k.index_select(0, index), v.index_select(0, index))
-                                   for k, v in self.cache.cross_kv]
-            self.cache.memory_padding_mask = self.cache.memory_padding_mask.index_select(0, index)
+        images = self.cache.memory_padding_mask.shape[0]
+        if index.numel() != images * self.num_beams:
+            # Finished images left the batch. Every new row of an image comes from a row of the same image, so
+            # its first row names the image that stays (a copy of the projected rows, no projection).
+            keep = index[:: self.num_beams] // self.num_beams
+            self.cache.cross_kv = [(k.index_select(0, keep), v.index_select(0, keep)) for k, v in self.cache.cross_kv]
+            self.cache.memory_padding_mask = self.cache.memory_padding_mask.index_select(0, keep)
 
 
 class UncachedCaptionStep:

@@ -44,7 +44,9 @@ class MultiHeadAttention(nn.Module):
                 attn_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, KeyValue]:
         """
         Args:
-            query: [B, T, d] (positions already added).
+            query: [B, T, d] (positions already added). With `kv` of B' = B / g rows (g > 1), query rows
+                `i * g .. i * g + g - 1` all attend to keys/values row i (beams of one image sharing its memory:
+                the memory is read once per image, not once per beam); `key_padding_mask` then has B' rows.
             key, value: [B, S, d]; ignored when `kv` is given.
             key_padding_mask: [B, S_total] bool, True on padded keys.
             causal: query i attends to keys 0..(S_past + i) only.
@@ -60,6 +62,12 @@ class MultiHeadAttention(nn.Module):
         if past_kv is not None:
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
         q = self._split(self.q_proj(query))
+        rows, groups = q.shape[0], q.shape[0] // k.shape[0]
+        if groups > 1:  # [B' * g, h, T, dh] -> [B', h, g * T, dh]: a group's queries share one key/value row
+            if rows != groups * k.shape[0] or causal or attn_bias is not None:
+                raise ValueError(f"{rows} query rows for {k.shape[0]} key/value rows: grouped queries need a "
+                                 "whole multiple, no causal mask and no attention bias")
+            q = q.unflatten(0, (k.shape[0], groups)).transpose(1, 2).flatten(2, 3)
         t, s = q.shape[2], k.shape[2]
         mask = None
         if key_padding_mask is not None:
@@ -72,4 +80,6 @@ class MultiHeadAttention(nn.Module):
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.dropout if self.training else 0.0)
+        if groups > 1:  # [B', h, g * T, dh] -> [B' * g, h, T, dh]
+            out = out.unflatten(2, (groups, -1)).transpose(1, 2).flatten(0, 1)
         return self.out_proj(out.transpose(1, 2).flatten(2)), (k, v)

@@ -56,9 +56,10 @@ class DecoderLayer(nn.Module):
 class DecoderCache:
     """State of incremental caption decoding.
 
-    cross_kv: per layer, the memory's projected cross-attention keys/values ([B, heads, S, head_dim] each),
-        computed once per encoding.
-    memory_padding_mask: [B, S] bool.
+    cross_kv: per layer, the memory's projected cross-attention keys/values ([B', heads, S, head_dim] each),
+        computed once per encoding. B' is the number of images; the decoded rows B may be a multiple of it
+        (beams of one image, image-major), which then share their image's row (grouped cross-attention).
+    memory_padding_mask: [B', S] bool.
     self_kv: per layer, the self-attention keys/values of the tokens decoded so far ([B, heads, t, head_dim]),
         or None before the first step.
     """

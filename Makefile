@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test bench ablation docs lint install install-dev clean
+.PHONY: demo test bench ablation notebooks docs lint install install-dev clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(VENV)/.installed-dev
 # writes .benchmarks/ablation.json and the table of docs/paper_fidelity.md. An interrupted run continues.
 ablation: $(VENV)/.installed-dev
 	$(PY) benchmarks/ablation.py --output .benchmarks/ablation.json --write-docs docs/paper_fidelity.md
+
+# Every tutorial notebook at full length (about 90 minutes on 2 CPU cores), written back with its outputs.
+notebooks: $(VENV)/.installed-dev
+	$(PY) notebooks/execute.py
 
 docs: $(VENV)/.installed-dev
 	$(VENV)/bin/mkdocs build --strict

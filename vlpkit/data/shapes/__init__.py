@@ -20,8 +20,9 @@ On disk::
     world.instances("train"), world.vqa_annotations("val"), world.nlvr2("dev"), world.karpathy, ...
 """
 
+from vlpkit.data.shapes.geometry import BACKGROUNDS, PALETTE, SHAPES
 from vlpkit.data.shapes.language import QA, Proposition, Statement, Vocab, ask, describe, propose, state
-from vlpkit.data.shapes.render import BACKGROUNDS, PALETTE, SHAPES, render_scene
+from vlpkit.data.shapes.render import render_scene
 from vlpkit.data.shapes.scene import COLORS, SIZES, Scene, SceneConfig, SceneObject, sample_scene
 from vlpkit.data.shapes.world import ShapesWorld, WorldConfig, default_cache_dir, generate_shapes_world
 

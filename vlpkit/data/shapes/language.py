@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from vlpkit.data.shapes.render import BACKGROUNDS
+from vlpkit.data.shapes.geometry import BACKGROUNDS
 from vlpkit.data.shapes.scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
 NUMBER_WORDS = (

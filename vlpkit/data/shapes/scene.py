@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vlpkit.data.shapes.render import BACKGROUNDS, PALETTE, SHAPES, shape_mask, shape_polygon
+from vlpkit.data.shapes.geometry import BACKGROUNDS, PALETTE, SHAPES, shape_mask, shape_polygon
 
 COLORS: tuple[str, ...] = tuple(PALETTE)
 SIZES: tuple[str, ...] = ("small", "large")

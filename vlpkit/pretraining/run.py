@@ -42,7 +42,7 @@ from ..data.masking import visual_word_ids
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer, TrainerConfig, seed_everything
-from ..inference import locate_pretrained, save_labels
+from ..model_folder import locate_pretrained, save_labels
 from ..models.feature_cache import freeze_trunk
 from ..yamlio import load_yaml, load_yaml_file
 from .data import PretrainingCollator, PretrainingDataset, Source

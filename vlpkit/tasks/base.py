@@ -43,7 +43,7 @@ from ..checkpoint import (
 from ..config import ConfigError, E2EVLPConfig
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..engine import Trainer, TrainerConfig
-from ..inference import LABELS_NAME, locate_pretrained
+from ..model_folder import LABELS_NAME, locate_pretrained
 from ..models import E2EVLP
 from ..models.feature_cache import GridFeatureCache, freeze_trunk
 from ..yamlio import load_yaml_file

@@ -40,9 +40,9 @@ from ..data.batch import Batch, collate_images, collate_texts
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer
-from ..inference import load_labels, locate_pretrained, save_labels, save_preprocessing
 from ..losses import SetCriterion
 from ..metrics.detection import evaluate_detections, to_coco_results
+from ..model_folder import load_labels, locate_pretrained, save_labels, save_preprocessing
 from ..models import E2EVLP
 from ..models.outputs import DetectionOutput, EncoderOutput
 from ..ops import HungarianMatcher, gather_shards, postprocess_detections, shard_range

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.payoff import config_sha, git_commit  # noqa: E402
+from benchmarks.provenance import config_sha, git_commit, replace_block  # noqa: E402
 
 CARD = ROOT / "docs" / "images" / "demo_card.json"
 FIGURE = ROOT / "docs" / "images" / "demo_predictions.png"
@@ -59,9 +59,7 @@ def main(argv=None) -> int:
     shutil.copy(run / "demo_predictions.png", FIGURE)
     CARD.write_text(json.dumps(card, indent=1) + "\n")
     for page in PAGES:
-        head, rest = page.read_text().split(BEGIN)
-        _, tail = rest.split(END)
-        page.write_text(f"{head}{BEGIN}\n{table(card)}\n{END}{tail}")
+        replace_block(page, BEGIN, END, table(card))
     print(table(card))
     return 0
 

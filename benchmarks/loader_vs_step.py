@@ -18,7 +18,6 @@ carried to a GPU through the step's FLOPs.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import math
@@ -37,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.payoff import git_commit  # noqa: E402
+from benchmarks.provenance import config_sha, git_commit, replace_block  # noqa: E402
 from vlpkit.builder import build_e2evlp  # noqa: E402
 from vlpkit.data.tokenization import save_tokenizer, train_wordpiece  # noqa: E402
 from vlpkit.engine.optim import build_optimizer  # noqa: E402
@@ -65,10 +64,6 @@ VQA_EPOCHS = 12  # VQAConfig.epochs
 PAPER_SIZES = dict(vocab_size=30_522, num_classes=1_600, num_attributes=400)  # BERT; bottom-up-attention vocabs
 WORDS = ("a man woman dog cat red blue green small large table car street bus train pizza plate person sitting "
          "standing on in with next to the of near holding two three people riding bike field grass").split()
-
-
-def config_sha() -> str:
-    return hashlib.sha256(CONFIG.read_bytes()).hexdigest()[:12]
 
 
 def photo_like(rng: np.random.Generator) -> Image.Image:
@@ -199,7 +194,7 @@ def measure(num_images: int, batches: int, rounds: int) -> dict:
         return {f"{u:.2f}": round(work / (H100_BF16_PEAK * u) / 3600, 1) for u in UTILISATIONS}
 
     return {
-        "config": "vlpkit/configs/e2evlp-6-r50.yaml", "config_sha": config_sha(), "commit": git_commit(),
+        "config": "vlpkit/configs/e2evlp-6-r50.yaml", "config_sha": config_sha(CONFIG.stem), "commit": git_commit(),
         "threads": torch.get_num_threads(), "image": [WIDTH, HEIGHT], "jpeg_kib": round(jpeg_kib, 1),
         "batch": batch, "step_size": list(data.pixel_values.shape[-2:]),
         "loader_images_per_s_per_worker": {k: round(float(np.median(v)), 2) for k, v in rates.items()},
@@ -252,11 +247,7 @@ def table(r: dict) -> str:
 
 
 def write_docs(r: dict) -> None:
-    text = DOCS.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOCS} lacks the markers {BEGIN} / {END}")
-    head, rest = text.split(BEGIN)
-    DOCS.write_text(f"{head}{BEGIN}\n{table(r)}\n{END}{rest.split(END)[1]}")
+    replace_block(DOCS, BEGIN, END, table(r))
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.ablation import baselines, finetune_scored  # noqa: E402  (blind baselines, fine-tuning)
+from benchmarks.provenance import config_sha, git_commit, replace_block  # noqa: E402
 
 DOCS_BEGIN = "<!-- payoff:begin -->"
 DOCS_END = "<!-- payoff:end -->"
@@ -161,25 +161,8 @@ def changed_keys(run: Path) -> list[str]:
     return sorted(k for k in set(shipped) | set(used) if k not in IGNORED and shipped.get(k) != used.get(k))
 
 
-def config_sha() -> str:
-    return hashlib.sha256((ROOT / "vlpkit" / "configs" / "e2evlp-tiny.yaml").read_bytes()).hexdigest()[:12]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write_docs(path: Path, section: str) -> None:
-    text = path.read_text()
-    if DOCS_BEGIN not in text or DOCS_END not in text:
-        raise ValueError(f"{path} has no {DOCS_BEGIN} ... {DOCS_END} block to replace")
-    head, rest = text.split(DOCS_BEGIN, 1)
-    _, tail = rest.split(DOCS_END, 1)
-    path.write_text(f"{head}{DOCS_BEGIN}\n{section}\n{DOCS_END}{tail}")
+    replace_block(path, DOCS_BEGIN, DOCS_END, section)
 
 
 def main(argv: list[str] | None = None) -> dict:

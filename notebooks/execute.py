@@ -24,6 +24,9 @@ import nbformat
 from nbclient import NotebookClient
 
 FOLDER = Path(__file__).resolve().parent
+sys.path.insert(0, str(FOLDER.parent))
+from benchmarks.provenance import replace_block  # noqa: E402
+
 README = FOLDER / "README.md"
 BEGIN, END = "<!-- timings:begin -->", "<!-- timings:end -->"
 FIRST = "01_pretraining"  # writes the pretraining checkpoint the task notebooks fine-tune
@@ -78,9 +81,7 @@ def timings_table() -> str:
 
 
 def write_readme() -> None:
-    text = README.read_text()
-    head, rest = text.split(BEGIN)
-    README.write_text(f"{head}{BEGIN}\n{timings_table()}\n{END}{rest.split(END)[1]}")
+    replace_block(README, BEGIN, END, timings_table())
 
 
 def main(argv=None) -> int:

@@ -214,10 +214,11 @@ def test_loader_vs_step_table_is_current():
     """docs/data/real_datasets.md's loader and GPU-time table comes from `benchmarks/loader_vs_step.py` on the
     shipped e2evlp-6-r50.yaml: a changed config (rerun the script) or a hand-edited table fails here."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.loader_vs_step import BEGIN, DOCS, END, RESULT, config_sha, table
+    from benchmarks.loader_vs_step import BEGIN, CONFIG, DOCS, END, RESULT, table
+    from benchmarks.provenance import config_sha
 
     result = json.loads(RESULT.read_text())
-    assert result["config_sha"] == config_sha(), (
+    assert result["config_sha"] == config_sha(CONFIG.stem), (
         "vlpkit/configs/e2evlp-6-r50.yaml changed since docs/data/loader_vs_step.json was measured: run "
         "`python benchmarks/loader_vs_step.py`")
     assert DOCS.read_text().split(BEGIN)[1].split(END)[0].strip() == table(result).strip()

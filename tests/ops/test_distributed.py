@@ -3,12 +3,10 @@ SetCriterion's box losses divided by that mean in a real 2-process gloo group.""
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
-
 import pytest
 import torch
 
+from tests.gloo import needs_fork, run_two_ranks
 from vlpkit.losses import SetCriterion
 from vlpkit.ops import HungarianMatcher
 from vlpkit.ops.distributed import (
@@ -28,24 +26,13 @@ def test_without_process_group_is_identity_clamped_at_one():
     assert reduce_counts([], "cpu") == []
 
 
-def _worker(rank: int, init_file: str, out_file: str) -> None:
+def _worker(rank: int) -> dict:
     """One rank: reduce_counts on its own counts, then SetCriterion on its own batch (rank 0: 3 boxes, rank 1:
     none)."""
-    import torch.distributed as dist
-
-    from vlpkit.losses import SetCriterion
-    from vlpkit.ops import HungarianMatcher, reduce_counts
-
-    torch.set_num_threads(1)  # no OpenMP pool in a forked child
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        counts = reduce_counts([[3, 0][rank], [0, 0][rank], [5, 2][rank]], "cpu")
-        outputs, targets = _rank_batch(rank)
-        losses = SetCriterion(2, HungarianMatcher(), losses=("boxes",))(outputs, targets)
-    finally:
-        dist.destroy_process_group()
-    with open(out_file, "w") as f:
-        json.dump({"counts": counts, "loss_bbox": losses["loss_bbox"].item()}, f)
+    counts = reduce_counts([[3, 0][rank], [0, 0][rank], [5, 2][rank]], "cpu")
+    outputs, targets = _rank_batch(rank)
+    losses = SetCriterion(2, HungarianMatcher(), losses=("boxes",))(outputs, targets)
+    return {"counts": counts, "loss_bbox": losses["loss_bbox"].item()}
 
 
 def _rank_batch(rank: int):
@@ -57,19 +44,10 @@ def _rank_batch(rank: int):
     return outputs, targets
 
 
-@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+@needs_fork
 @pytest.mark.timeout(120)
 def test_two_gloo_processes(tmp_path):
-    # fork, not spawn: the children inherit the imported modules instead of importing torch again (seconds each).
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(rank, str(tmp_path / "init"), str(tmp_path / f"rank{rank}.json")))
-             for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=100)
-    assert [p.exitcode for p in procs] == [0, 0]
-    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    results = run_two_ranks(_worker, tmp_path, timeout=100)
 
     # Means over the two ranks, clamped to >= 1: (3+0)/2, max((0+0)/2, 1), (5+2)/2.
     assert results[0]["counts"] == results[1]["counts"] == [1.5, 1.0, 3.5]

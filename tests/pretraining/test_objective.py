@@ -1,10 +1,8 @@
-import json
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.gloo import needs_fork, run_two_ranks
 from vlpkit import build_e2evlp
 from vlpkit.data.transforms import make_train_transforms
 from vlpkit.losses import label_smoothed_cross_entropy
@@ -66,27 +64,18 @@ def test_invalid_task_configs():
         ObjectiveConfig(tasks=("mlm", "vqa"))
 
 
-def _rank(rank, init_file, out_file, model, objective, batch):
-    import torch.distributed as dist
+def _rank(rank, model, objective, batch):
+    from vlpkit.data.batch import Batch
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        half = len(batch) // 2
-        sl = slice(rank * half, (rank + 1) * half)
-        from vlpkit.data.batch import Batch
-
-        part = Batch(**{k: (v[sl] if torch.is_tensor(v) or isinstance(v, list) else v)
-                        for k, v in vars(batch).items()})
-        with torch.no_grad():
-            out = objective(model, part)
-    finally:
-        dist.destroy_process_group()
-    with open(out_file, "w") as f:
-        json.dump({k: float(v) for k, v in out.items()}, f)
+    half = len(batch) // 2
+    sl = slice(rank * half, (rank + 1) * half)
+    part = Batch(**{k: (v[sl] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in vars(batch).items()})
+    with torch.no_grad():
+        out = objective(model, part)
+    return {k: float(v) for k, v in out.items()}
 
 
-@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+@needs_fork
 @pytest.mark.timeout(180)
 def test_two_processes_match_one_global_batch(shapes_setup, tmp_path):
     """Each rank divides by the count averaged over ranks, so the mean of the ranks' terms (what DDP's gradient
@@ -94,15 +83,7 @@ def test_two_processes_match_one_global_batch(shapes_setup, tmp_path):
     model, objective, batch = _setup(shapes_setup)
     with torch.no_grad():
         single = objective(model, batch)
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_rank, args=(r, str(tmp_path / "init"), str(tmp_path / f"{r}.json"), model,
-                                              objective, batch)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=150)
-    assert [p.exitcode for p in procs] == [0, 0]
-    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    ranks = run_two_ranks(_rank, tmp_path, model, objective, batch, timeout=150)
     for term in ("mlm", "itm", "caption", "det/loss_bbox", "det/loss_giou", "det/loss_attr"):
         mean = (ranks[0][term] + ranks[1][term]) / 2
         assert mean == pytest.approx(float(single[term]), rel=1e-5), term

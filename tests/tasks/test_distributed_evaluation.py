@@ -4,12 +4,12 @@ split only, and every task's metrics and results files equal those of one proces
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.gloo import needs_fork, run_two_ranks
 from vlpkit.builder import build_e2evlp
 from vlpkit.data.shapes import SceneConfig
 from vlpkit.ops.distributed import gather_shards, shard_range
@@ -78,16 +78,8 @@ def _evaluate_all(setup, e2evlp, out: Path | None) -> dict:
     return {"metrics": metrics, "encoder_rows": rows[0]}
 
 
-def _worker(rank: int, init_file: str, out_dir: str, setup, e2evlp) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)  # no OpenMP pool in a forked child
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        result = _evaluate_all(setup, e2evlp, Path(out_dir) / "files" if rank == 0 else None)
-    finally:
-        dist.destroy_process_group()
-    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+def _worker(rank: int, out_dir: str, setup, e2evlp) -> dict:
+    return _evaluate_all(setup, e2evlp, Path(out_dir) / "files" if rank == 0 else None)
 
 
 def _files(folder: Path) -> dict[str, object]:
@@ -95,22 +87,13 @@ def _files(folder: Path) -> dict[str, object]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs the fork start method")
+@needs_fork
 @pytest.mark.timeout(300)
 def test_two_processes_evaluate_shares_and_match_one_process(tmp_path, world):
     setup, e2evlp = world
     single = _evaluate_all(setup, e2evlp, tmp_path / "single")
 
-    # fork, not spawn: the children inherit the model and the imported modules
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(rank, str(tmp_path / "init"), str(tmp_path), setup, e2evlp))
-             for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=280)
-    assert [p.exitcode for p in procs] == [0, 0]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_two_ranks(_worker, tmp_path, str(tmp_path), setup, e2evlp, timeout=280)
 
     # the work was split: each process ran the encoder on part of what one process runs, together all of it
     assert all(0 < r["encoder_rows"] < single["encoder_rows"] for r in ranks)

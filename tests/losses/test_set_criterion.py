@@ -321,3 +321,17 @@ def test_logit_count_must_match_num_classes():
     outputs["aux_outputs"] = [{"pred_logits": outputs["pred_logits"]}]
     with pytest.raises(KeyError, match=r"aux_outputs\[0\]\).*no 'pred_boxes'"):
         SetCriterion(K, HungarianMatcher(), losses=("labels",))(outputs, targets)
+
+
+def test_get_loss_dispatches_each_named_loss_like_detr():
+    """`get_loss(name, ...)` is DETR's dispatcher: each name gives that loss of one layer, equal to DETR's."""
+    outputs, targets = make_batch(3, [2, 3], attributes=False)
+    criterion = SetCriterion(K, HungarianMatcher(), losses=("labels", "boxes"))
+    indices = dense_match(outputs, targets)
+    expected = detr_losses(outputs, targets, suffix="_7", log=False)
+    boxes = criterion.get_loss("boxes", outputs, targets, indices, "_7", num_boxes=5.0)
+    labels = criterion.get_loss("labels", outputs, targets, indices, "_7")
+    assert set(labels) == {"loss_ce_7"} and set(boxes) == {"loss_bbox_7", "loss_giou_7"}
+    assert_losses_close({**labels, **boxes}, expected)
+    with pytest.raises(ValueError, match="unknown loss 'masks'"):
+        criterion.get_loss("masks", outputs, targets, indices, "")

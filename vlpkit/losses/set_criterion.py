@@ -164,13 +164,19 @@ class SetCriterion(nn.Module):
             for layer, suffix, _ in layers:
                 indices = self.matcher(layer, targets)
                 for name in self.losses:
-                    if name == "labels":
-                        losses.update(self._loss_labels(layer, targets, indices, suffix, log=suffix == ""))
-                    elif name == "boxes":
-                        losses.update(self._loss_boxes(layer, targets, indices, num_boxes, suffix))
-                    else:
-                        losses.update(self._loss_attributes(layer, indices, attributes, num_attr_boxes, suffix))
+                    losses.update(self.get_loss(name, layer, targets, indices, suffix, num_boxes=num_boxes,
+                                                attributes=attributes, num_attr_boxes=num_attr_boxes))
         return losses
+
+    def get_loss(self, loss: str, outputs, targets, indices, suffix: str, **kwargs) -> dict[str, Tensor]:
+        """One named loss of one decoder layer (DETR's dispatcher): "labels", "boxes" or "attributes".
+
+        kwargs: num_boxes (the boxes' normaliser), attributes (per-image `_AttributeTerms`), num_attr_boxes.
+        """
+        loss_map = {"labels": self._loss_labels, "boxes": self._loss_boxes, "attributes": self._loss_attributes}
+        if loss not in loss_map:
+            raise ValueError(f"SetCriterion: unknown loss {loss!r}; choose from {sorted(loss_map)}")
+        return loss_map[loss](outputs, targets, indices, suffix, **kwargs)
 
     def _check_outputs(self, outputs: Mapping[str, Tensor], where: str) -> None:
         _, _, num_logits = check_detection_outputs(outputs, where)
@@ -225,7 +231,7 @@ class SetCriterion(nn.Module):
         src_idx = torch.cat([src for src, _ in indices])
         return batch_idx.to(device), src_idx.to(device)
 
-    def _loss_labels(self, outputs, targets, indices, suffix: str, log: bool) -> dict[str, Tensor]:
+    def _loss_labels(self, outputs, targets, indices, suffix: str, **_) -> dict[str, Tensor]:
         logits = outputs["pred_logits"]
         dtype = torch.promote_types(logits.dtype, torch.float32)
         logits = logits.to(dtype)
@@ -235,7 +241,7 @@ class SetCriterion(nn.Module):
         target_classes[batch_idx, src_idx] = matched_labels.to(device=logits.device, dtype=torch.int64)
         weight = self.empty_weight.to(device=logits.device, dtype=dtype)
         out = {f"loss_ce{suffix}": F.cross_entropy(logits.transpose(1, 2), target_classes, weight)}
-        if log:
+        if suffix == "":  # the metric is logged for the last layer only
             with torch.no_grad():
                 if matched_labels.numel() == 0:
                     out["class_error"] = logits.new_zeros(())
@@ -244,7 +250,7 @@ class SetCriterion(nn.Module):
                     out["class_error"] = 100.0 - 100.0 * correct.to(dtype).mean()
         return out
 
-    def _loss_boxes(self, outputs, targets, indices, num_boxes: float, suffix: str) -> dict[str, Tensor]:
+    def _loss_boxes(self, outputs, targets, indices, suffix: str, num_boxes: float, **_) -> dict[str, Tensor]:
         pred = outputs["pred_boxes"]
         dtype = torch.promote_types(pred.dtype, torch.float32)
         batch_idx, src_idx = self._matched(indices, pred.device)
@@ -261,8 +267,8 @@ class SetCriterion(nn.Module):
         loss_giou = (1 - giou).sum() / num_boxes
         return {f"loss_bbox{suffix}": loss_bbox, f"loss_giou{suffix}": loss_giou}
 
-    def _loss_attributes(self, outputs, indices, attributes: list[_AttributeTerms], num_attr_boxes: float,
-                         suffix: str) -> dict[str, Tensor]:
+    def _loss_attributes(self, outputs, targets, indices, suffix: str, attributes: list[_AttributeTerms],
+                         num_attr_boxes: float, **_) -> dict[str, Tensor]:
         pred = outputs["pred_attributes"]
         dtype = torch.promote_types(pred.dtype, torch.float32)
         box_image, box_query, term_box, term_ids, term_weight = [], [], [], [], []

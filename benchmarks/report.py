@@ -25,6 +25,7 @@ LEVER_WIN = 1.05  # a lever "wins" when it is at least 5% faster
 # The project's targets (docs/benchmarks_method.md): a ratio that misses its target is flagged in the table.
 GENERATION_TARGETS = {"uncached / cached": (">=", 3.0), "beam 4 / greedy": ("<=", 2.0), "HF / vlpkit": (">=", 1.0)}
 MATCHER_TARGET, MATCHER_TARGET_B32 = 1.0, 10.0  # DETR / vlpkit at every setting; at B = 32
+PEER_TRAINING_TARGET = 1.2  # DETR step time / vlpkit step time
 
 
 def checked(value: float, op: str, target: float) -> str:
@@ -72,6 +73,9 @@ def machine_section(data: dict, by_kind: dict) -> list[str]:
                  f"{peak.get('threads', '?')} intra-op threads; Python {info.get('python_version', '?')}")
     lines.append(f"- Mode: {peak.get('mode', '?')}; run at {data.get('datetime', '?')}; commit "
                  f"{commit.get('id', '?')[:10]}{' (uncommitted changes)' if commit.get('dirty') else ''}")
+    for source in data.get("merged", []):  # further files (benchmark files run one by one), same machine
+        lines.append(f"- Merged from `{source['path']}` ({source['count']} benchmarks): run at {source['datetime']}; "
+                     f"commit {source['commit'][:10]}{' (uncommitted changes)' if source['dirty'] else ''}")
     return lines + [""]
 
 
@@ -149,6 +153,29 @@ def training_section(by_kind: dict) -> list[str]:
             "(MLM, ITM, detection + attributes, caption), forward + backward + clipping + AdamW. Loader = dataset "
             "+ collator alone; loader / step > 1 means the loader is not the bottleneck.", ""] + table(
         ["batch", "step ms", "step images/s", "peak MiB", "loader images/s", "loader / step", "loader workers"], rows)
+
+
+def peer_training_section(by_kind: dict) -> list[str]:
+    benches = sorted(by_kind.get("peer_training", []), key=lambda b: -b["extra_info"]["height"])
+    if not benches:
+        return []
+    rows = []
+    for b in benches:
+        e = b["extra_info"]
+        detr = e["paired"]["detr"]
+        rows.append([f"{e['batch']} x {e['height']}x{e['width']}", ms(median(b)), ms(detr["median_s"]),
+                     checked(detr["ratio"], ">=", PEER_TRAINING_TARGET), f"{e['peak_bytes'] / 2**20:.0f}",
+                     f"{e['peer_peak_bytes'] / 2**20:.0f}", f"{e['trainable'] / 1e6:.1f}M / {e['peer_trainable'] / 1e6:.1f}M"])
+    return ["## Training step: transformers DETR", "",
+            "benchmarks/bench_peer_training.py: one detection training step (forward, Hungarian matching, class + "
+            "5 L1 + 2 GIoU on the last and each auxiliary decoder layer, backward, AdamW) of e2evlp-6-r50 (image "
+            f"+ {benches[0]['extra_info']['text_tokens']} text tokens) and of `DetrForObjectDetection` (image only, "
+            "its own matcher and losses), random init, same sizes and dropout, ResNet layer2-4 trainable on both "
+            "sides; each vlpkit round paired with a DETR step just before it. Ratio = DETR time / vlpkit time, "
+            f"target >= {PEER_TRAINING_TARGET:g}; a miss is in bold. Peak memory of one step as in the pretraining "
+            "step table.", ""] + table(
+        ["images", "vlpkit ms", "DETR ms", "DETR / vlpkit", "vlpkit peak MiB", "DETR peak MiB",
+         "trainable (vlpkit / DETR)"], rows)
 
 
 def lever_section(by_kind: dict) -> list[str]:
@@ -252,7 +279,8 @@ def render(data: dict, source: str) -> str:
              "reference). How to run and what each figure means: [benchmarks_method.md](benchmarks_method.md).",
              ""]
     lines += machine_section(data, by_kind)
-    for section in (forward_section(by_kind), peak_lines, peer_section(by_kind), training_section(by_kind),
+    for section in (forward_section(by_kind), peak_lines, peer_section(by_kind), peer_training_section(by_kind),
+                    training_section(by_kind),
                     lever_section(by_kind), export_section(by_kind), matcher_section(by_kind),
                     generation_section(by_kind), other_section(by_kind)):
         lines += section
@@ -276,6 +304,10 @@ def main(argv: list[str] | None = None) -> Path:
             data = run
         else:
             data["benchmarks"] = data["benchmarks"] + run["benchmarks"]
+            commit = run.get("commit_info", {})
+            data.setdefault("merged", []).append({
+                "path": path.as_posix(), "count": len(run["benchmarks"]), "datetime": run.get("datetime", "?"),
+                "commit": commit.get("id", "?"), "dirty": bool(commit.get("dirty"))})
     text = render(data, ", ".join(Path(p).as_posix() for p in args.results))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

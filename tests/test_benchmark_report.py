@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.report import checked, generation_section, matcher_section  # noqa: E402
+from benchmarks.report import checked, generation_section, matcher_section, peer_training_section  # noqa: E402
 
 
 def _bench(name, group, seconds, extra=None, params=None):
@@ -39,3 +40,32 @@ def test_generation_and_matcher_rows_name_their_misses():
     assert by_setting["B=32 T=30 K=91 cpu"].endswith("| 10.60x |")
     assert "**7.40x (misses >= 10)**" in by_setting["B=32 T=30 K=1600 cpu"]
     assert by_setting["B=64 T=7 K=91 cpu"].endswith("| 1.20x |")
+
+
+def test_training_step_peer_rows_flag_a_ratio_below_target():
+    def step(batch, height, width, ours, ratio):
+        extra = {"batch": batch, "height": height, "width": width, "text_tokens": 40, "peak_bytes": 2**30,
+                 "peer_peak_bytes": 2**29, "trainable": 43.1e6, "peer_trainable": 35.0e6,
+                 "paired": {"detr": {"median_s": ours * ratio, "ratio": ratio}}}
+        return _bench("test_training_step_against_detr", "t", ours, extra)
+
+    lines = peer_training_section({"peer_training": [step(2, 640, 640, 3.3, 1.05), step(1, 800, 1333, 6.2, 1.21)]})
+    rows = [line for line in lines if line.startswith("| 1 x") or line.startswith("| 2 x")]
+    assert rows[0].startswith("| 1 x 800x1333 | 6200.0 | 7502.0 | 1.21x | 1024 | 512 | 43.1M / 35.0M |")
+    assert "**1.05x (misses >= 1.2)**" in rows[1]
+
+
+def test_merged_files_name_their_own_run_and_commit(tmp_path):
+    from benchmarks.report import main
+
+    def run(path, commit, dirty, benches):
+        path.write_text(json.dumps({"datetime": f"run-{commit}", "commit_info": {"id": commit, "dirty": dirty},
+                                    "machine_info": {}, "benchmarks": benches}))
+        return str(path)
+
+    first = run(tmp_path / "full.json", "a" * 40, False, [_bench("test_x", "g", 0.1)])
+    second = run(tmp_path / "more.json", "b" * 40, True, [_bench("test_y", "g", 0.2), _bench("test_z", "g", 0.3)])
+    text = main([first, second, "--output", str(tmp_path / "out.md")]).read_text()
+    assert f"commit {'a' * 10}\n" in text
+    assert f"- Merged from `{tmp_path.as_posix()}/more.json` (2 benchmarks): run at run-{'b' * 40}; " \
+           f"commit {'b' * 10} (uncommitted changes)" in text

@@ -167,3 +167,38 @@ def test_training_step(benchmark, shapes, batch):
     if loader is not None:
         benchmark.extra_info["loader_images_per_s"] = loader
         assert loader > images_per_s, f"the data loader ({loader:.1f} images/s) is slower than the step"
+
+
+@pytest.mark.parametrize("batch", BATCHES[-1:])
+def test_training_step_bf16(benchmark, shapes, batch):
+    """The same pretraining step under bf16 autocast, each round paired with a float32 step just before it (the
+    master weights stay float32, as in `Trainer` with mixed_precision="bf16")."""
+    from benchmarks.bench_forward import benchmark_paired
+    from vlpkit.engine.trainer import cpu_has_fast_bf16
+
+    setup, dataset, collator = shapes
+    torch.manual_seed(0)
+    model = build_e2evlp("e2evlp-tiny", **setup.model_overrides()).to(DEVICE).train()
+    cfg = model.config
+    objective = PretrainingObjective(ObjectiveConfig(), cfg.num_classes, cfg.num_attributes, cfg.pad_token_id)
+    optimizer = build_optimizer(model, lr=5e-4, backbone_lr=2e-4)
+    data = full_batch(make_loader(dataset, collator, batch)).to(DEVICE)
+
+    def step(bf16: bool):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+            out = objective(model, data)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        synchronize()
+        return out
+
+    step(False)  # creates the optimizer state
+    step(True)
+    benchmark.group = f"pretraining bf16 batch {batch}"
+    benchmark.extra_info.update(kind="bf16_training", batch=batch, preset="e2evlp-tiny", device=str(DEVICE),
+                                fast_bf16=cpu_has_fast_bf16() if DEVICE.type == "cpu" else True)
+    out, _ = benchmark_paired(benchmark, lambda: step(True), {"fp32": lambda: step(False)}, ROUNDS,
+                              warm_partners=False)
+    assert all(bool(torch.isfinite(out[key])) for key in LOSSES), sorted(out)

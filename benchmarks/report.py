@@ -148,11 +148,20 @@ def training_section(by_kind: dict) -> list[str]:
                      checked(loader_ips / step_ips, ">=", 1.0) if loader_ips else "n/a",
                      loader["extra_info"]["workers"] if loader else ""])
     s = next(iter(steps.values()))["extra_info"]
+    bf16 = []
+    for b in by_kind.get("bf16_training", []):
+        e = b["extra_info"]
+        fp32 = e["paired"]["fp32"]
+        support = "oneDNN bf16 on this CPU" if e["fast_bf16"] else "no oneDNN bf16 on this CPU: reference convolutions"
+        bf16.append(f"bf16 autocast (master weights float32), batch {e['batch']}: {ms(median(b))} ms per step "
+                    f"against {ms(fp32['median_s'])} ms in float32, paired rounds: float32 / bf16 = "
+                    f"{fp32['ratio']:.2f}x ({support}).")
     return ["## Pretraining step", "",
             f"e2evlp-tiny on the shapes world ({s['image_size'][0]}x{s['image_size'][1]} images), all four losses "
             "(MLM, ITM, detection + attributes, caption), forward + backward + clipping + AdamW. Loader = dataset "
             "+ collator alone; loader / step > 1 means the loader is not the bottleneck.", ""] + table(
-        ["batch", "step ms", "step images/s", "peak MiB", "loader images/s", "loader / step", "loader workers"], rows)
+        ["batch", "step ms", "step images/s", "peak MiB", "loader images/s", "loader / step", "loader workers"],
+        rows) + ([" ".join(bf16), ""] if bf16 else [])
 
 
 def peer_training_section(by_kind: dict) -> list[str]:

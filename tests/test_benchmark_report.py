@@ -8,7 +8,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.report import checked, generation_section, matcher_section, peer_training_section  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    checked,
+    generation_section,
+    matcher_section,
+    peer_training_section,
+    training_section,
+)
 
 
 def _bench(name, group, seconds, extra=None, params=None):
@@ -69,3 +75,12 @@ def test_merged_files_name_their_own_run_and_commit(tmp_path):
     assert f"commit {'a' * 10}\n" in text
     assert f"- Merged from `{tmp_path.as_posix()}/more.json` (2 benchmarks): run at run-{'b' * 40}; " \
            f"commit {'b' * 10} (uncommitted changes)" in text
+
+
+def test_pretraining_section_gives_the_bf16_pairing():
+    step = _bench("test_training_step", "p", 0.8, {"batch": 32, "peak_bytes": 2**28, "image_size": [128, 128]})
+    bf16 = _bench("test_training_step_bf16", "b", 0.5, {"batch": 32, "fast_bf16": True,
+                                                        "paired": {"fp32": {"median_s": 0.75, "ratio": 1.52}}})
+    text = "\n".join(training_section({"training_step": [step], "bf16_training": [bf16]}))
+    assert "batch 32: 500.0 ms per step against 750.0 ms in float32, paired rounds: float32 / bf16 = 1.52x " \
+           "(oneDNN bf16 on this CPU)." in text

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from vlpkit.config import ConfigError
 from vlpkit.engine import NonFiniteLossError, Trainer, TrainerConfig, lr_factor, read_log, seed_everything
+from vlpkit.engine import trainer as trainer_module
 from vlpkit.engine.state import TRAINER_STATE_NAME, rng_state_name
 
 
@@ -217,15 +218,21 @@ def test_nan_policy_skip_skips_only_that_update(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_bf16_autocast_on_cpu_and_fp16_refused(tmp_path):
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_bf16_autocast_on_cpu_and_fp16_refused(tmp_path, monkeypatch, fast_bf16):
+    """bf16 autocasts on a CPU; the slow-path warning comes only where oneDNN has no bf16 (checked both ways)."""
+    monkeypatch.setattr(trainer_module, "cpu_has_fast_bf16", lambda: fast_bf16)
     dtypes = []
 
     def recording_loss(model, batch):
         dtypes.append(model.backbone(batch["x"]).dtype)
         return loss_fn(model, batch)
 
-    with pytest.warns(UserWarning, match="bf16' on CPU runs convolutions through torch's slow"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer, history = _train(tmp_path, fn=recording_loss, mixed_precision="bf16", max_steps=2)
+    slow = [w for w in caught if "bf16' on CPU runs convolutions through torch's slow" in str(w.message)]
+    assert len(slow) == (0 if fast_bf16 else 1)
     assert dtypes == [torch.bfloat16] * 2
     assert all(math.isfinite(r["loss"]) for r in history)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # master weights stay fp32

@@ -134,8 +134,9 @@ def test_loader_throughput(benchmark, shapes, batch):
     benchmark.extra_info["images_per_s"] = _images_per_s[("loader", batch)]
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-def test_training_step(benchmark, shapes, batch):
+def training_step(shapes, batch: int):
+    """(model, optimizer, batch, step): `step(bf16=False)` is one pretraining optimizer step of e2evlp-tiny on a
+    fixed batch, under bf16 autocast when asked (master weights stay float32, as the trainer's "bf16")."""
     setup, dataset, collator = shapes
     torch.manual_seed(0)
     model = build_e2evlp("e2evlp-tiny", **setup.model_overrides()).to(DEVICE).train()
@@ -144,15 +145,22 @@ def test_training_step(benchmark, shapes, batch):
     optimizer = build_optimizer(model, lr=5e-4, backbone_lr=2e-4)
     data = full_batch(make_loader(dataset, collator, batch)).to(DEVICE)
 
-    def step():
+    def step(bf16: bool = False):
         optimizer.zero_grad(set_to_none=True)
-        out = objective(model, data)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
+            out = objective(model, data)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         optimizer.step()
         synchronize()
         return out
 
+    return model, optimizer, data, step
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_training_step(benchmark, shapes, batch):
+    model, optimizer, data, step = training_step(shapes, batch)
     step()  # warm-up: creates the optimizer state
     peak = peak_step_bytes(step, model, optimizer, data)
     benchmark.group = f"pretraining batch {batch}"
@@ -171,29 +179,11 @@ def test_training_step(benchmark, shapes, batch):
 
 @pytest.mark.parametrize("batch", BATCHES[-1:])
 def test_training_step_bf16(benchmark, shapes, batch):
-    """The same pretraining step under bf16 autocast, each round paired with a float32 step just before it (the
-    master weights stay float32, as in `Trainer` with mixed_precision="bf16")."""
+    """The same pretraining step under bf16 autocast, each round paired with a float32 step just before it."""
     from benchmarks.bench_forward import benchmark_paired
     from vlpkit.engine.trainer import cpu_has_fast_bf16
 
-    setup, dataset, collator = shapes
-    torch.manual_seed(0)
-    model = build_e2evlp("e2evlp-tiny", **setup.model_overrides()).to(DEVICE).train()
-    cfg = model.config
-    objective = PretrainingObjective(ObjectiveConfig(), cfg.num_classes, cfg.num_attributes, cfg.pad_token_id)
-    optimizer = build_optimizer(model, lr=5e-4, backbone_lr=2e-4)
-    data = full_batch(make_loader(dataset, collator, batch)).to(DEVICE)
-
-    def step(bf16: bool):
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
-            out = objective(model, data)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        optimizer.step()
-        synchronize()
-        return out
-
+    _, _, _, step = training_step(shapes, batch)
     step(False)  # creates the optimizer state
     step(True)
     benchmark.group = f"pretraining bf16 batch {batch}"

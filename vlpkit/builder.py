@@ -94,3 +94,7 @@ def build_e2evlp(config: str | E2EVLPConfig | dict = "e2evlp-6-r50", **overrides
         reference_points=(build_reference_points(cfg.num_queries)
                           if cfg.detection_spatial_prior is not None else None),
     )
+
+
+# `E2EVLP.from_pretrained` builds through this builder without importing it (the models sit below the builder)
+E2EVLP.builder = staticmethod(build_e2evlp)

@@ -155,16 +155,15 @@ def save_pretrained(model, directory: str | Path) -> Path:
     return directory
 
 
-def load_pretrained(directory: str | Path, **overrides):
-    """Build the model described by `directory/config.json` and load its weights strictly."""
-    from .builder import build_e2evlp
-
+def load_pretrained(directory: str | Path, build, **overrides):
+    """Build the model described by `directory/config.json` with `build(config, **overrides)` (the builder,
+    `vlpkit.build_e2evlp`, passed in so that this module stays below it) and load its weights strictly."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"pretrained directory not found: {directory} "
                                 f"(expected {CONFIG_NAME} and {WEIGHTS_NAME} written by save_pretrained)")
     config = load_model_config(directory / CONFIG_NAME)
-    model = build_e2evlp(config, **overrides)
+    model = build(config, **overrides)
     load_weights(model, directory / WEIGHTS_NAME, strict=True)
     return model
 

@@ -38,8 +38,12 @@ class E2EVLP(nn.Module):
     memory -> `decoder` with `caption_embeddings`, causally -> `caption_head` (image-to-text generation);
     memory -> `mlm_head` (text positions), `itm_head` ([CLS]).
 
-    The model holds no construction logic: `vlpkit.build_e2evlp` builds every block.
+    The model holds no construction logic: `vlpkit.build_e2evlp` builds every block. The builder installs itself
+    as `E2EVLP.builder` when `vlpkit.builder` is imported, so that `from_pretrained` can build a saved model
+    without this module importing the layer above it.
     """
+
+    builder = None  # set to `vlpkit.builder.build_e2evlp` by vlpkit.builder
 
     def __init__(self, config: E2EVLPConfig, backbone: GridFeatureExtractor, position_encoding: nn.Module,
                  text_embeddings: TextEmbeddings, encoder: CrossModalEncoder, decoder: SharedDecoder,
@@ -235,10 +239,12 @@ class E2EVLP(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> E2EVLP:
-        """Build from `directory/config.json` and load `model.safetensors` strictly."""
+        """Build from `directory/config.json` with `vlpkit.build_e2evlp` and load `model.safetensors` strictly."""
         from ..checkpoint import load_pretrained
 
-        return load_pretrained(directory, **overrides)
+        if cls.builder is None:  # only when this module is loaded without the package (vlpkit/__init__ sets it)
+            raise RuntimeError("E2EVLP.from_pretrained needs vlpkit.builder imported (import vlpkit)")
+        return load_pretrained(directory, cls.builder, **overrides)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameters counted once even when tied."""

@@ -116,7 +116,7 @@ def load_stage(model_cfg: dict, tokenizer, data_overrides: dict):
                          f"model.preset / model.overrides (got preset={model_cfg.get('preset')!r}, "
                          f"overrides={model_cfg.get('overrides')!r})")
     files = locate_pretrained(model_cfg["init_from"])
-    model = load_pretrained(files.model_dir)
+    model = load_pretrained(files.model_dir, build_e2evlp)
     clashes = [f"{k} is {getattr(model.config, k)} in the checkpoint but {v} for the data"
                for k, v in data_overrides.items() if getattr(model.config, k) != v]
     if clashes:

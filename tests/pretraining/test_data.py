@@ -133,3 +133,27 @@ def test_extra_itm_pairs_reuse_each_image_with_its_caption_and_k_others(shapes_s
     assert (pairs["attention_mask"].sum(1) == (pairs["input_ids"] != shapes_setup.tokenizer.pad_token_id).sum(1)).all()
     with pytest.raises(ValueError, match="itm_extra_negatives"):
         PretrainingCollator(shapes_setup.tokenizer, itm_extra_negatives=-1)
+
+
+def test_itm_on_unmasked_rows_only(shapes_setup):
+    """`itm_unmasked_only`: the masked rows keep their own captions and carry MLM but no ITM label; ITM lives on
+    the unmasked extra rows (own caption, then K others), so no masked token ever reaches an ITM row."""
+    import pytest
+
+    ds = _dataset(shapes_setup)
+    samples = [ds[i] for i in range(16)]
+    paper = PretrainingCollator(shapes_setup.tokenizer, seed=3, itm_extra_negatives=1)(samples)
+    batch = PretrainingCollator(shapes_setup.tokenizer, seed=3, itm_extra_negatives=1, itm_unmasked_only=True)(samples)
+    assert (paper.itm_labels == 0).any()  # the paper's rows hold negatives...
+    assert (batch.itm_labels == IGNORE_INDEX).all()  # ...these hold no ITM label at all
+    assert all(m["text"] == m["caption"] for m in batch.meta)  # every masked row is its own caption
+    itm_samples = [i for i, t in enumerate(batch.targets) if "itm" in t["tasks"]]
+    mlm_samples = [i for i, t in enumerate(batch.targets) if "mlm" in t["tasks"]]
+    assert all(bool((batch.mlm_labels[i] != IGNORE_INDEX).any()) for i in mlm_samples)  # MLM in every such row
+    pairs = batch.itm_pairs
+    assert sorted(set(pairs["image_index"].tolist())) == itm_samples
+    for i in itm_samples:
+        assert pairs["labels"][pairs["image_index"] == i].tolist() == [1, 0]
+    assert not (pairs["input_ids"] == shapes_setup.tokenizer.mask_token_id).any()
+    with pytest.raises(ValueError, match="needs itm_extra_negatives >= 1"):
+        PretrainingCollator(shapes_setup.tokenizer, itm_unmasked_only=True)

@@ -114,6 +114,25 @@ def test_extra_itm_pairs_join_the_itm_mean(shapes_setup):
     torch.testing.assert_close(out["itm"], torch.cat([main, extra]).mean())
 
 
+def test_itm_on_unmasked_rows_only_is_the_mean_over_those_rows(shapes_setup):
+    """With `itm_unmasked_only` the ITM term is the cross-entropy of the unmasked extra rows alone."""
+    model, objective, _ = _setup(shapes_setup)
+    ds = PretrainingDataset(shapes_sources(shapes_setup, vg_tasks=("mlm", "detection", "attributes")),
+                            make_train_transforms(scales=(64,), max_size=96, crop=False), seed=0)
+    order = list(range(0, len(ds), max(1, len(ds) // 8)))[:8]
+    batch = PretrainingCollator(shapes_setup.tokenizer, seed=0, itm_extra_negatives=1,
+                                itm_unmasked_only=True)([ds[i] for i in order])
+    pairs = batch.itm_pairs
+    assert (batch.itm_labels == -100).all() and pairs["labels"].tolist().count(0) == pairs["labels"].tolist().count(1)
+    with torch.no_grad():
+        out = objective(model, batch)
+        idx = pairs["image_index"]
+        pair_enc = model.encode(batch.pixel_values[idx], batch.pixel_mask[idx], pairs["input_ids"],
+                                pairs["attention_mask"], pairs["token_type_ids"])
+        expected = F.cross_entropy(model.itm_logits(pair_enc), pairs["labels"])
+    torch.testing.assert_close(out["itm"], expected)
+
+
 def test_itc_equals_a_loop_over_rows(shapes_setup):
     """The contrastive option (not in the paper): each text's [CLS] alone against each image's [CLS] alone,
     InfoNCE both ways, rows sharing an image or a text masked out of each other's negatives."""

@@ -162,8 +162,10 @@ def test_paper_configs_leave_the_grounding_options_off(name):
     assert objective.encoder_grad_scale == {}
     data = cfg["data"]
     assert data.get("mlm_visual_words") is None and not data.get("itm_extra_negatives")
+    assert not data.get("itm_unmasked_only")
     assert not cfg.get("model", {}).get("frozen_trunk")
     assert all(set(s.get("tasks", PAPER_TASKS)) <= set(PAPER_TASKS) for s in data.get("sources", []))
     text = (CONFIG_DIR.parents[1] / "docs" / "paper_fidelity.md").read_text()
-    for option in ("mlm_visual_words", "encoder_grad_scale", "itc_temperature", "itm_extra_negatives"):
+    for option in ("mlm_visual_words", "encoder_grad_scale", "itc_temperature", "itm_extra_negatives",
+                   "itm_unmasked_only"):
         assert option in text

@@ -136,6 +136,11 @@ class PretrainingCollator:
       ITM samples of the batch (label 0; distinct samples, skipping captions equal to its own under
       `normalise_caption`), all unmasked.
       They multiply the pairs per step by about K + 2 for the cost of encoder rows only.
+    - ITM on unmasked text only (`itm_unmasked_only=True`, needs K >= 1; not in the paper, which scores ITM on the
+      masked encoder text as BERT-style models do; ALBEF and UNITER score it on unmasked text): the masked rows
+      keep their own captions (no negatives there, so MLM has a target in every row) and carry no ITM label; ITM
+      is scored on the unmasked `itm_pairs` rows alone. Masking hides the very words that tell a caption from
+      another image's (with `visual_ids`, half of the colour and shape words).
     - ITC (a source serving "itc"; not in the paper): `batch.itc_texts`, each such sample's own unmasked text and
       which rows share an image or a text (not each other's negatives).
     Draws are seeded by the batch's (seed, epoch, sample indices) through the samples' targets.
@@ -143,10 +148,15 @@ class PretrainingCollator:
 
     def __init__(self, tokenizer, max_length: int = 40, mlm_probability: float = 0.15, p_negative: float = 0.5,
                  seed: int = 0, pad_to_multiple_of: int | None = None, itm_extra_negatives: int = 0,
-                 visual_ids: torch.Tensor | None = None, visual_probability: float | None = None) -> None:
+                 visual_ids: torch.Tensor | None = None, visual_probability: float | None = None,
+                 itm_unmasked_only: bool = False) -> None:
         if isinstance(itm_extra_negatives, bool) or not isinstance(itm_extra_negatives, int) \
                 or itm_extra_negatives < 0:
             raise ValueError(f"itm_extra_negatives={itm_extra_negatives!r}; expected an integer >= 0")
+        if itm_unmasked_only and itm_extra_negatives < 1:
+            raise ValueError("itm_unmasked_only=True scores ITM on the unmasked extra rows only, which needs "
+                             f"itm_extra_negatives >= 1 (got {itm_extra_negatives})")
+        self.itm_unmasked_only = itm_unmasked_only
         self.itm_extra_negatives = itm_extra_negatives
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -172,7 +182,7 @@ class PretrainingCollator:
             others = [j for j, k in enumerate(keys) if k != keys[i] and k[0] == keys[i][0]]
             if "itm" not in t["tasks"] or not others:
                 itm.append(IGNORE_INDEX)
-            elif rng.random() < self.p_negative:
+            elif not self.itm_unmasked_only and rng.random() < self.p_negative:
                 texts[i] = captions[rng.choice(others)]
                 itm.append(0)
             else:
@@ -189,6 +199,8 @@ class PretrainingCollator:
         caption_ids[no_caption, 1:] = self.tokenizer.pad_token_id
         # drawn last, so that itm_extra_negatives=0 leaves every other draw as it was
         itm_pairs = self._extra_pairs(rng, keys, captions, itm) if self.itm_extra_negatives else None
+        if self.itm_unmasked_only:  # the masked rows serve MLM only
+            itm = [IGNORE_INDEX] * len(itm)
         itc_texts = self._itc_texts(keys, captions, targets)
         return Batch(pixel_values=pixel_values, pixel_mask=pixel_mask, input_ids=masked_ids,
                      attention_mask=attention_mask, token_type_ids=token_type_ids, targets=list(targets),

@@ -368,6 +368,7 @@ def pretrain(config: dict, eval_fn=None, resume: bool = False) -> PretrainResult
                                    mlm_probability=float(data_cfg.get("mlm_probability", 0.15)),
                                    p_negative=float(data_cfg.get("itm_negative_rate", 0.5)), seed=trainer_cfg.seed,
                                    itm_extra_negatives=int(data_cfg.get("itm_extra_negatives", 0)),
+                                   itm_unmasked_only=bool(data_cfg.get("itm_unmasked_only", False)),
                                    visual_ids=visual_ids,
                                    visual_probability=None if visual_ids is None
                                    else float(data_cfg.get("mlm_visual_probability", 0.5)))

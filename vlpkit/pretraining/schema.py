@@ -25,7 +25,7 @@ VG_FILES = {"image_data": str, "objects": str, "attributes": str, "region_descri
             "object_vocab": str, "attribute_vocab": str}
 DATA = {"kind": str, "shapes": dict[str, Any], "sources": list[dict[str, Any]], "image": dict[str, Any],
         "mlm_probability": float, "mlm_visual_words": str | list[str] | None, "mlm_visual_probability": float,
-        "itm_negative_rate": float, "itm_extra_negatives": int, "val_batches": int, "tokenizer": str,
+        "itm_negative_rate": float, "itm_extra_negatives": int, "itm_unmasked_only": bool, "val_batches": int, "tokenizer": str,
         "coco": dict[str, Any], "vg": dict[str, Any], "val": dict[str, Any]}
 WARMUP = {"steps": int, "batch_size": int, "lr": float, "weight_decay": float, "seed": int}
 
@@ -115,6 +115,9 @@ def _data(section: str, values: dict) -> None:
         check_range(f"{section}.itm_extra_negatives", values["itm_extra_negatives"], 0)
     if "val_batches" in values:
         check_range(f"{section}.val_batches", values["val_batches"], 1)
+    if values.get("itm_unmasked_only") and not values.get("itm_extra_negatives"):
+        raise ConfigError(f"{section}.itm_unmasked_only scores ITM on the unmasked extra rows only: set "
+                          f"{section}.itm_extra_negatives >= 1")
     words = values.get("mlm_visual_words")
     if isinstance(words, str) and words != "shapes":
         raise ConfigError(f"{section}.mlm_visual_words={words!r}; expected 'shapes' or a list of words")

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,10 @@ def _documented_commands():
                                                           if c["cell_type"] == "markdown")))
     for where, text in texts:
         for match in _COMMAND.finditer(re.sub(r"\\\n\s*", " ", text)):  # join shell continuation lines
-            argv = match.group(1).split()
+            try:  # as a shell splits it: quoted `--set "key={a: 1}"` values hold spaces
+                argv = shlex.split(match.group(1))
+            except ValueError:  # an unbalanced quote: the pattern ran into prose
+                argv = match.group(1).split()
             if len(argv) > 1 or argv[0] in ("demo", "params", "smoke"):
                 yield str(where), argv
 

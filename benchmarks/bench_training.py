@@ -27,10 +27,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-from benchmarks.bench_forward import DEVICE, synchronize
+from benchmarks.bench_forward import DEVICE, benchmark_paired, synchronize
 from benchmarks.conftest import pick
 from vlpkit.builder import build_e2evlp
 from vlpkit.engine.optim import build_optimizer
+from vlpkit.engine.trainer import cpu_has_fast_bf16
 from vlpkit.pretraining.data import PretrainingCollator, PretrainingDataset
 from vlpkit.pretraining.objective import ObjectiveConfig, PretrainingObjective
 from vlpkit.pretraining.run import image_transforms
@@ -180,9 +181,6 @@ def test_training_step(benchmark, shapes, batch):
 @pytest.mark.parametrize("batch", BATCHES[-1:])
 def test_training_step_bf16(benchmark, shapes, batch):
     """The same pretraining step under bf16 autocast, each round paired with a float32 step just before it."""
-    from benchmarks.bench_forward import benchmark_paired
-    from vlpkit.engine.trainer import cpu_has_fast_bf16
-
     _, _, _, step = training_step(shapes, batch)
     step(False)  # creates the optimizer state
     step(True)

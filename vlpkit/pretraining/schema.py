@@ -25,8 +25,8 @@ VG_FILES = {"image_data": str, "objects": str, "attributes": str, "region_descri
             "object_vocab": str, "attribute_vocab": str}
 DATA = {"kind": str, "shapes": dict[str, Any], "sources": list[dict[str, Any]], "image": dict[str, Any],
         "mlm_probability": float, "mlm_visual_words": str | list[str] | None, "mlm_visual_probability": float,
-        "itm_negative_rate": float, "itm_extra_negatives": int, "itm_unmasked_only": bool, "val_batches": int, "tokenizer": str,
-        "coco": dict[str, Any], "vg": dict[str, Any], "val": dict[str, Any]}
+        "itm_negative_rate": float, "itm_extra_negatives": int, "itm_unmasked_only": bool, "val_batches": int,
+        "tokenizer": str, "coco": dict[str, Any], "vg": dict[str, Any], "val": dict[str, Any]}
 WARMUP = {"steps": int, "batch_size": int, "lr": float, "weight_decay": float, "seed": int}
 
 

@@ -104,11 +104,6 @@ _COMMAND = re.compile(r"(?:^|[`\s(])(?:python -m )?vlpkit ((?:demo|pretrain|fine
 
 
 # command-line task name -> (module of vlpkit.tasks, its recipe class), for the fields of `--set task.KEY=VALUE`
-_TASK_CONFIGS = {"caption": ("captioning", "CaptioningConfig"), "detection": ("detection", "DetectionConfig"),
-                 "nlvr2": ("nlvr2", "NLVR2Config"), "retrieval": ("retrieval", "RetrievalConfig"),
-                 "vqa": ("vqa", "VQAConfig")}
-
-
 def _documented_commands():
     texts = [(p.relative_to(ROOT), p.read_text()) for p in sorted((ROOT / "docs").rglob("*.md"))]
     texts += [(p.relative_to(ROOT), p.read_text()) for p in (ROOT / "README.md", ROOT / "notebooks" / "README.md")]
@@ -133,11 +128,11 @@ def test_documented_command_lines_parse():
     `--set` sections, and the fields named for `vlpkit finetune` (task config or TrainerConfig fields).
     """
     import dataclasses
-    import importlib
 
     from vlpkit.cli import _split_overrides, build_parser
     from vlpkit.engine import TrainerConfig
     from vlpkit.pretraining.run import load_config
+    from vlpkit.tasks.registry import get_task
 
     parser = build_parser()
     trainer_fields = {f.name for f in dataclasses.fields(TrainerConfig)}
@@ -159,13 +154,21 @@ def test_documented_command_lines_parse():
                 load_config(args.config, sets)
             elif args.command in ("finetune", "evaluate"):
                 task, trainer = _split_overrides(sets)
-                module_name, config_name = _TASK_CONFIGS[args.task]
-                getattr(importlib.import_module(f"vlpkit.tasks.{module_name}"), config_name).from_dict(task)
+                get_task(args.task).config_class.from_dict(task)
                 assert set(trainer) <= trainer_fields, f"unknown trainer field(s) {sorted(set(trainer) - trainer_fields)}"
         except (SystemExit, Exception) as err:  # noqa: BLE001 - every failure is reported with its place
             problems.append(f"{where}: `vlpkit {' '.join(argv)}`: {err}")
     assert not problems, "\n".join(problems)
     assert checked >= 10, f"only {checked} documented command lines found; is the pattern still right?"
+
+
+def test_task_table_matches_the_registry():
+    from vlpkit.tasks.registry import get_task, task_names
+
+    text = (ROOT / "docs" / "tasks" / "index.md").read_text()
+    table = re.search(r"<!-- tasks-table -->\n(.*?)\n<!-- /tasks-table -->", text, re.S).group(1)
+    rows = ["| name | task |", "|---|---|"] + [f"| `{n}` | {get_task(n).summary} |" for n in task_names()]
+    assert table.strip() == "\n".join(rows)
 
 
 def test_every_module_has_an_api_reference():

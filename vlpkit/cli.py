@@ -25,10 +25,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-# the task names of `vlpkit finetune/evaluate` (vlpkit.tasks.base.TASKS, kept here so that --help imports no torch)
-TASKS = ("caption", "detection", "nlvr2", "retrieval", "vqa")
-
-
 def _parse_value(text: str):
     """A `--set` value as YAML 1.2 (`1e-3` is a float, `no` a string; vlpkit.yamlio)."""
     from .yamlio import load_yaml
@@ -216,6 +212,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .tasks.registry import task_names  # the registered tasks (listing them imports no task module)
+
+    tasks = task_names()
     parser = argparse.ArgumentParser(prog="vlpkit", description="E2E-VLP reference implementation")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="pretrain e2evlp-tiny on the shapes world and evaluate it (make demo)")
@@ -230,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     pre.set_defaults(func=_pretrain)
     fin = sub.add_parser("finetune", help="fine-tune a pretrained model on a downstream task and evaluate it")
-    fin.add_argument("task", choices=TASKS)
+    fin.add_argument("task", choices=tasks)
     fin.add_argument("--checkpoint", default=None, help="pretraining run or model folder (default: fresh model)")
     fin.add_argument("--data", default="shapes", help="'shapes', a YAML/JSON file of dataset paths or a COCO root")
     fin.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")
@@ -242,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     fin.set_defaults(func=_finetune)
     ev = sub.add_parser("evaluate", help="evaluate a fine-tuned task model on one split with the official metric")
-    ev.add_argument("task", choices=TASKS)
+    ev.add_argument("task", choices=tasks)
     ev.add_argument("--model", required=True, help="the output folder of `vlpkit finetune` (or its model/)")
     ev.add_argument("--data", default="shapes", help="'shapes', a YAML/JSON file of dataset paths or a COCO root")
     ev.add_argument("--shapes-images", type=int, default=2000, help="size of the generated shapes world")

@@ -16,10 +16,8 @@ describes the layout and holds its readers and writers (re-exported here).
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from .model_folder import (  # noqa: F401  (the folder layout, public here too)
 )
 from .models import E2EVLP
 from .ops.postprocess import postprocess_detections
+from .tasks.registry import task_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +64,6 @@ def _image_sizes(files: PretrainedFiles) -> tuple[int, int] | None:
         scales = image.get("train_scales", range(480, 801, 32))
         return int(image.get("eval_size", max(scales))), int(image.get("max_size", 1333))
     return None
-
-
-def _find_task_class(name: str) -> type:
-    """The class `name` (a `TaskModel` subclass with `from_pretrained`) among the modules of `vlpkit.tasks`."""
-    from . import tasks
-
-    failures = []
-    for info in pkgutil.iter_modules(tasks.__path__):
-        try:
-            module = importlib.import_module(f"{tasks.__name__}.{info.name}")
-        except Exception as err:  # a broken unrelated task module must not hide the one we look for
-            failures.append(f"{info.name}: {type(err).__name__}: {err}")
-            continue
-        cls = getattr(module, name, None)
-        if isinstance(cls, type) and callable(getattr(cls, "from_pretrained", None)):
-            return cls
-    raise ValueError(f"the weights were saved by task model {name!r}, but no module of vlpkit.tasks defines "
-                     f"{name}.from_pretrained" + (f" (modules that failed to import: {failures})" if failures else ""))
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------
@@ -173,7 +154,7 @@ class E2EVLPPredictor:
         if task is None:
             model = E2EVLP.from_pretrained(files.model_dir)
         else:
-            task_model = _find_task_class(task).from_pretrained(files.model_dir)
+            task_model = task_of_model(task).model_class.from_pretrained(files.model_dir)
             model = task_model.e2evlp
         if files.tokenizer_dir is None:
             raise FileNotFoundError(f"no {TOKENIZER_DIR}/ folder in {files.model_dir} or {files.root} "

@@ -1,8 +1,11 @@
 """Downstream tasks of E2E-VLP: VQA v2, NLVR2, captioning, image-text retrieval, detection with paired text.
 
-`finetune(task, ...)` and `evaluate(task, ...)` reach any of them by its command-line name (`TASKS`).
+`finetune(task, ...)` and `evaluate(task, ...)` reach any of them by its name; `vlpkit.tasks.registry` holds the
+tasks (`get_task`, `task_names`) and lets another package add one (`register_task`).
 """
 
-from .base import TASKS, TaskModel, TaskOutput, evaluate, finetune, load_e2evlp
+from .base import TaskModel, TaskOutput, evaluate, finetune, load_e2evlp
+from .registry import Task, get_task, register_task, task_names
 
-__all__ = ["TASKS", "TaskModel", "TaskOutput", "evaluate", "finetune", "load_e2evlp"]
+__all__ = ["Task", "TaskModel", "TaskOutput", "evaluate", "finetune", "get_task", "load_e2evlp", "register_task",
+           "task_names"]

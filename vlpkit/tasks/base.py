@@ -10,13 +10,12 @@
 - Tokenizer plumbing (`find_tokenizer`, `check_tokenizer`, `tokenizer_overrides`, `fresh_overrides`).
 - The two fine-tuning flows: `finetune_eval_splits` (VQA, NLVR2: evaluate every evaluation split at the end) and
   `finetune_val_test` (captioning, retrieval: val during training, test at the end).
-- `finetune(task, ...)` / `evaluate(task, ...)`: any task by its command-line name (`TASKS`).
+- `finetune(task, ...)` / `evaluate(task, ...)`: any registered task by its name (`vlpkit.tasks.registry`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import math
@@ -47,11 +46,10 @@ from ..model_folder import LABELS_NAME, locate_pretrained
 from ..models import E2EVLP
 from ..models.feature_cache import GridFeatureCache, freeze_trunk
 from ..yamlio import load_yaml_file
+from .registry import get_task
 
 logger = logging.getLogger(__name__)
 
-#: Task names of `vlpkit finetune/evaluate TASK` -> modules of `vlpkit.tasks`.
-TASKS = {"vqa": "vqa", "nlvr2": "nlvr2", "caption": "captioning", "retrieval": "retrieval", "detection": "detection"}
 BACKBONE_PREFIX = "e2evlp.backbone.trunk."  # the ResNet trunk inside a TaskModel (DETR's backbone lr group)
 TOKENIZER_DIR = "tokenizer"
 # Image sizes (VQA, NLVR2): DETR's / E2E-VLP's for real images, the demo recipe's for the 128-px shapes world.
@@ -508,26 +506,17 @@ def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, 
 
 
 # ---- any task by name ----------------------------------------------------------------------------------------
-def task_module(task: str):
-    """The module of `vlpkit.tasks` for a task name of `TASKS` (vqa, nlvr2, caption, retrieval, detection)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
-    return importlib.import_module(f"{__package__}.{TASKS[task]}")
-
-
 def finetune(task: str, checkpoint, data, output_dir: str | Path, config: Any = None,
              trainer_overrides: Mapping[str, Any] | None = None, *, shapes_images: int = 2000,
              resume: bool = False) -> dict[str, Any]:
-    """`finetune_<task>` of `vlpkit.tasks.<module>` (see `TASKS`); `data="shapes"` is the default shapes world of
-    `shapes_images` images; `config` a task config or a dict of its fields; `resume` continues an interrupted
+    """Fine-tune the registered task `task` (`vlpkit.tasks.registry`); `data="shapes"` is the default shapes world
+    of `shapes_images` images; `config` a task config or a dict of its fields; `resume` continues an interrupted
     run from the latest checkpoint in `output_dir`."""
-    module = task_module(task)
-    config_cls = module.CONFIG_CLASS
-    if not isinstance(config, config_cls):
-        config = config_cls.from_dict(dict(config or {}))
-    run = getattr(module, f"finetune_{TASKS[task]}")
-    return run(checkpoint, resolve_shapes(data, shapes_images), output_dir, config=config,
-               trainer_overrides=trainer_overrides, resume=resume)
+    spec = get_task(task)
+    if not isinstance(config, spec.config_class):
+        config = spec.config_class.from_dict(dict(config or {}))
+    return spec.finetune(checkpoint, resolve_shapes(data, shapes_images), output_dir, config=config,
+                         trainer_overrides=trainer_overrides, resume=resume)
 
 
 def evaluate(task: str, model_dir: str | Path, data: Any = "shapes", split: str | None = None,
@@ -536,7 +525,8 @@ def evaluate(task: str, model_dir: str | Path, data: Any = "shapes", split: str 
     """Evaluate a fine-tuned model folder on one split with the task's official metric.
 
     Args:
-        task: vqa, nlvr2, caption, retrieval or detection.
+        task: a registered task name (`vlpkit.tasks.registry.task_names()`: vqa, nlvr2, caption, retrieval,
+            detection and any registered by another package).
         model_dir: the output folder of `vlpkit finetune TASK` (or its `model/`).
         data: what the task's fine-tuning accepts: "shapes" (the default shapes world of `shapes_images` images), a
             `ShapesSetup`, a dict or a YAML/JSON file of dataset paths.
@@ -550,10 +540,9 @@ def evaluate(task: str, model_dir: str | Path, data: Any = "shapes", split: str 
     Returns:
         The task's metrics (as `evaluate_<task>` returns them), with "split".
     """
-    module = task_module(task)
+    spec = get_task(task)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    metrics = module.evaluate_finetuned(model_dir, resolve_shapes(data, shapes_images), split, output_dir, config,
-                                        device=device)
+    metrics = spec.evaluate(model_dir, resolve_shapes(data, shapes_images), split, output_dir, config, device=device)
     if output_dir is not None:
         record = {"task": task, "split": metrics["split"], "model": str(model_dir), "metrics": metrics}
         write_json(Path(output_dir) / f"evaluation_{metrics['split']}.json", record)

@@ -60,6 +60,7 @@ from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public
     task_trainer_config,
     tokenizer_overrides,
 )
+from .registry import Task, register_task
 
 DETR_TRAIN_SCALES = tuple(range(480, 801, 32))
 RECIPE_FILE = "captioning_config.json"
@@ -559,4 +560,7 @@ def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, ou
     return {"split": split, **evaluate_captioning(model.to(device), tokenizer, data, split, output_dir, config)}
 
 
-CONFIG_CLASS = CaptioningConfig
+TASK = register_task(Task(
+    name="caption", config_class=CaptioningConfig, model_class=CaptionModel, finetune=finetune_captioning,
+    evaluate=evaluate_finetuned,
+    summary="COCO captioning: generate a caption (label-smoothed loss, beam search; BLEU-4, CIDEr-D)"))

@@ -58,6 +58,7 @@ from .base import (
     log_trunk_cache,
     write_json,
 )
+from .registry import Task, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -567,4 +568,7 @@ def evaluate_finetuned(model_dir: str | Path, data: Any, split: str | None = Non
     return {"split": split, **evaluate_detection(model.to(device), tokenizer, data, split, output_dir, config)}
 
 
-CONFIG_CLASS = DetectionConfig
+TASK = register_task(Task(
+    name="detection", config_class=DetectionConfig, model_class=DetectionModel, finetune=finetune_detection,
+    evaluate=evaluate_finetuned,
+    summary="COCO detection with paired text (DETR set criterion; COCO AP)"))

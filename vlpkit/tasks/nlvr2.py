@@ -54,6 +54,7 @@ from .base import (
     mean_by_group,
     write_json,
 )
+from .registry import Task, register_task
 
 TASK_FILE = "nlvr2_task.json"
 RECIPE_FILE = "nlvr2_config.json"
@@ -432,4 +433,8 @@ def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None =
     return evaluate_nlvr2(model.to(device), tokenizer, files, name, output_dir, batch_size=config.eval_batch_size)
 
 
-CONFIG_CLASS = NLVR2Config
+TASK = register_task(Task(
+    name="nlvr2", config_class=NLVR2Config, model_class=NLVR2Model, finetune=finetune_nlvr2,
+    evaluate=evaluate_finetuned,
+    summary="NLVR2: is a statement true of a pair of images"
+            " (two passes, concatenated; accuracy and consistency)"))

@@ -61,6 +61,7 @@ from .captioning import (
     load_task_e2evlp,
     prepare_images,
 )
+from .registry import Task, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -669,4 +670,7 @@ def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, ou
     return {"split": split, **evaluate_retrieval(model.to(device), tokenizer, data, split, output_dir, config)}
 
 
-CONFIG_CLASS = RetrievalConfig
+TASK = register_task(Task(
+    name="retrieval", config_class=RetrievalConfig, model_class=RetrievalModel, finetune=finetune_retrieval,
+    evaluate=evaluate_finetuned,
+    summary="Flickr30K / COCO image-text retrieval (circle loss; recall@1/5/10)"))

@@ -63,6 +63,7 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
     tokenizer_overrides,
     write_json,
 )
+from .registry import Task, register_task
 
 TASK_FILE = "vqa_task.json"
 RECIPE_FILE = "vqa_config.json"
@@ -554,4 +555,7 @@ def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None =
     return evaluate_vqa(model.to(device), tokenizer, files, name, output_dir, batch_size=config.eval_batch_size)
 
 
-CONFIG_CLASS = VQAConfig
+TASK = register_task(Task(
+    name="vqa", config_class=VQAConfig, model_class=VQAModel, finetune=finetune_vqa,
+    evaluate=evaluate_finetuned,
+    summary="VQA v2: answer a question about an image (3,129-answer soft-score BCE, VQA accuracy)"))

@@ -5,12 +5,10 @@ The paper's presets (Table 5) live in `vlpkit.presets`; `build_e2evlp` turns a c
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+from .config_io import DictConfig
 from .schema import ConfigError, check_fields
 
 __all__ = ["ConfigError", "E2EVLPConfig"]
@@ -22,7 +20,7 @@ BACKBONE_NORMS = ("frozen_bn", "batch_norm")
 
 
 @dataclass
-class E2EVLPConfig:
+class E2EVLPConfig(DictConfig):
     """Hyper-parameters of E2E-VLP. Defaults follow the paper (6-layer encoder, ResNet-50, d=256).
 
     Where the paper is ambiguous the choice is documented in docs/paper_fidelity.md: most notably
@@ -114,45 +112,3 @@ class E2EVLPConfig:
         for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id", "bos_token_id", "eos_token_id"):
             tid = getattr(self, name)
             check(0 <= tid < self.vocab_size, f"{name}={tid} is outside the vocabulary (vocab_size={self.vocab_size})")
-
-    # ---- construction helpers -------------------------------------------------------------------------
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def replace(self, **overrides: Any) -> E2EVLPConfig:
-        """A copy with some fields changed; unknown names raise a `ConfigError` listing the valid ones."""
-        unknown = sorted(set(overrides) - set(self.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {self.field_names()}")
-        return dataclasses.replace(self, **overrides)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> E2EVLPConfig:
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {unknown}; valid fields: {cls.field_names()}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> E2EVLPConfig:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> E2EVLPConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path} (expected a JSON file written by E2EVLPConfig.save)")
-        try:
-            return cls.from_json(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from err

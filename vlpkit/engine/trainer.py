@@ -16,15 +16,13 @@ autocast see the whole computation, whichever methods of the model `loss_fn` cal
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import math
 import os
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ from ..checkpoint import (
     save_weights,
 )
 from ..config import ConfigError
+from ..config_io import DictConfig
 from ..schema import check_fields
 from .loader import loader_workers
 from .logging import MetricLogger
@@ -95,13 +94,15 @@ def cpu_has_fast_bf16() -> bool:
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(DictConfig):
     """Everything that defines a training run, serialisable to JSON.
 
     Steps count optimizer updates (one update = `grad_accum_steps` micro-batches of `batch_size` samples on
     every process). Defaults follow DETR's recipe as used by E2E-VLP: AdamW, lr 1e-4, backbone lr 1e-5,
     weight decay 1e-4, gradient clipping at norm 0.1.
     """
+
+    config_label = "trainer config"  # (not a field: no annotation)
 
     output_dir: str = "outputs/train"
     epochs: int = 1
@@ -166,52 +167,11 @@ class TrainerConfig:
               f"lr_drop_epochs={self.lr_drop_epochs}; expected increasing epochs > 0")
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def replace(self, **overrides: Any) -> TrainerConfig:
-        """A copy with some fields changed; unknown names raise a `ConfigError` listing the valid ones."""
-        unknown = sorted(set(overrides) - set(self.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown trainer config field(s) {unknown}; valid fields: {self.field_names()}")
-        return dataclasses.replace(self, **overrides)
-
-    @classmethod
     def for_task(cls, task: str, **overrides: Any) -> TrainerConfig:
         """The defaults with a task's overrides (`TASK_PRESETS`, e.g. "vqa": lr 1e-4, 12 epochs, drops at 6, 9)."""
         if task not in TASK_PRESETS:
             raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TASK_PRESETS)}")
         return cls().replace(**{**TASK_PRESETS[task], **overrides})
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown trainer config field(s) {unknown}; valid fields: {cls.field_names()}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainerConfig:
-        return cls.from_dict(json.loads(text))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainerConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"trainer config not found: {path} (expected JSON written by TrainerConfig.save)")
-        try:
-            return cls.from_json(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from err
 
 
 LossFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -39,7 +38,8 @@ from ..checkpoint import (
     save_model_config,
     save_weights,
 )
-from ..config import ConfigError, E2EVLPConfig
+from ..config import E2EVLPConfig
+from ..config_io import DictConfig
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..engine import Trainer, TrainerConfig
 from ..model_folder import LABELS_NAME, locate_pretrained
@@ -103,27 +103,13 @@ def load_e2evlp(checkpoint: str | Path | E2EVLP | None, preset: str = "e2evlp-ti
 
 
 # ---- recipes -------------------------------------------------------------------------------------------------
-class TaskConfig:
-    """Mixin of the task recipe dataclasses: dict round trip, image sizes per kind of data, `TrainerConfig`."""
+class TaskConfig(DictConfig):
+    """Mixin of the task recipe dataclasses: the dict round trip (`DictConfig`), image sizes per kind of data,
+    the `TrainerConfig`."""
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]):
-        """Build from a dict; unknown keys raise a `ConfigError` listing the valid ones."""
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; valid fields: {cls.field_names()}")
-        return cls(**data)
-
-    def replace(self, **changes: Any):
-        """A copy with `changes` (validated again)."""
-        return type(self).from_dict({**self.to_dict(), **changes})
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.config_label = cls.__name__  # "unknown VQAConfig field(s) ..."
 
     def image_settings(self, kind: str) -> dict[str, Any]:
         """`train_scales`, `max_size`, `eval_size`: the set values, else the defaults of data `kind` ("shapes" or

@@ -3,11 +3,11 @@
 from .attention import MultiHeadAttention
 from .backbone import GridFeatureExtractor, build_resnet_trunk
 from .decoder import DecoderCache, DecoderLayer, SharedDecoder
-from .e2evlp import E2EVLP, E2EVLPOutput
+from .e2evlp import E2EVLP
 from .encoder import CrossModalEncoder, EncoderLayer
 from .feedforward import MLP, FeedForward
 from .heads import DetectionHead, ITMHead, Pooler, TiedLMHead
-from .outputs import DetectionOutput, EncoderOutput, GenerationOutput, ImageEmbedding
+from .outputs import DetectionOutput, E2EVLPOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .position import PositionEmbeddingLearned, PositionEmbeddingSine
 from .text_embeddings import TextEmbeddings
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,19 +12,9 @@ from .backbone import GridFeatureExtractor
 from .decoder import DecoderCache, SharedDecoder
 from .encoder import CrossModalEncoder
 from .heads import DetectionHead, ITMHead, TiedLMHead
-from .outputs import DetectionOutput, EncoderOutput, GenerationOutput, ImageEmbedding
+from .outputs import DetectionOutput, E2EVLPOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .spatial_prior import gaussian_attention_bias, grid_cell_centres
 from .text_embeddings import TextEmbeddings
-
-
-@dataclass
-class E2EVLPOutput:
-    """`E2EVLP.forward`: the encoding and every head that reads it."""
-
-    encoder: EncoderOutput
-    detection: DetectionOutput
-    mlm_logits: torch.Tensor  # [B, L, V]
-    itm_logits: torch.Tensor  # [B, 2]
 
 
 class E2EVLP(nn.Module):

@@ -103,3 +103,17 @@ class GenerationOutput:
     scores: torch.Tensor
     all_sequences: torch.Tensor | None = None
     all_scores: torch.Tensor | None = None
+
+
+@dataclass
+class E2EVLPOutput:
+    """`E2EVLP.forward`: the encoding and every head that reads it.
+
+    encoder: the `EncoderOutput`; detection: the `DetectionOutput` of the object queries;
+    mlm_logits: [B, L, vocab_size] on the text positions; itm_logits: [B, 2] on [CLS] (index 1 = matched).
+    """
+
+    encoder: EncoderOutput
+    detection: DetectionOutput
+    mlm_logits: torch.Tensor
+    itm_logits: torch.Tensor

@@ -9,6 +9,10 @@ detection with attributes, caption generation), beside the data loader's own thr
   batch - plus the highest rise of allocated bytes during the step, gradients included, from `torch.profiler`'s
   memory events).
   The step must be slower than the loader (the loader is not the bottleneck).
+- `test_training_step_compiled`: the same step with the transformer side compiled (`trainer.compile_modules:
+  [encoder, decoder]`, torch.compile in place), each round paired with the eager step; `extra_info` records the
+  compile time (the first compiled step minus an eager one) and the steps after which compiling has paid for
+  itself. Quick mode compiles with the "eager" backend (the wiring only); the full grid with inductor.
 
 The loader runs in the main process on a CPU (the trainer's default `num_workers=0`; the step needs the same
 cores), and with up to 8 persistent workers when a GPU trains.
@@ -21,15 +25,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-from benchmarks.bench_forward import DEVICE, benchmark_paired, synchronize
+from benchmarks.bench_forward import DEVICE, benchmark_paired, seconds, synchronize
 from benchmarks.conftest import pick
 from vlpkit.builder import build_e2evlp
+from vlpkit.engine.compile import compile_modules
 from vlpkit.engine.optim import build_optimizer
 from vlpkit.engine.trainer import cpu_has_fast_bf16
 from vlpkit.pretraining.data import PretrainingCollator, PretrainingDataset
@@ -44,6 +50,7 @@ ROUNDS = pick(1, 3)
 IMAGE = {"train_scales": [128], "max_size": 160, "crop": False, "flip": True}  # configs/e2evlp-tiny.yaml
 WORKERS = 0 if DEVICE.type == "cpu" else min(8, os.cpu_count() or 1)
 LOSSES = ("mlm", "itm", "detection", "caption", "det/loss_attr")
+COMPILE_BACKEND = pick("eager", "inductor")
 
 _images_per_s: dict = {}
 
@@ -135,12 +142,13 @@ def test_loader_throughput(benchmark, shapes, batch):
     benchmark.extra_info["images_per_s"] = _images_per_s[("loader", batch)]
 
 
-def training_step(shapes, batch: int):
+def training_step(shapes, batch: int, compile: tuple[str, ...] = (), backend: str = "inductor"):
     """(model, optimizer, batch, step): `step(bf16=False)` is one pretraining optimizer step of e2evlp-tiny on a
     fixed batch, under bf16 autocast when asked (master weights stay float32, as the trainer's "bf16")."""
     setup, dataset, collator = shapes
     torch.manual_seed(0)
     model = build_e2evlp("e2evlp-tiny", **setup.model_overrides()).to(DEVICE).train()
+    compile_modules(model, compile, backend=backend)
     cfg = model.config
     objective = PretrainingObjective(ObjectiveConfig(), cfg.num_classes, cfg.num_attributes, cfg.pad_token_id)
     optimizer = build_optimizer(model, lr=5e-4, backbone_lr=2e-4)
@@ -190,3 +198,25 @@ def test_training_step_bf16(benchmark, shapes, batch):
     out, _ = benchmark_paired(benchmark, lambda: step(True), {"fp32": lambda: step(False)}, ROUNDS,
                               warm_partners=False)
     assert all(bool(torch.isfinite(out[key])) for key in LOSSES), sorted(out)
+
+
+@pytest.mark.parametrize("batch", BATCHES[-1:])
+def test_training_step_compiled(benchmark, shapes, batch):
+    """The pretraining step with the encoder and the decoder compiled, each round paired with an eager step."""
+    _, _, _, eager = training_step(shapes, batch)
+    eager()  # creates the optimizer state
+    eager_s = min(seconds(eager) for _ in range(2))
+    torch._dynamo.reset()
+    _, _, _, compiled = training_step(shapes, batch, ("encoder", "decoder"), COMPILE_BACKEND)
+    start = time.perf_counter()
+    compiled()  # compiles forward and backward
+    first_s = time.perf_counter() - start
+    benchmark.group = f"pretraining compiled batch {batch}"
+    out, median = benchmark_paired(benchmark, compiled, {"eager": eager}, ROUNDS, warm_partners=False)
+    assert all(bool(torch.isfinite(out[key])) for key in LOSSES), sorted(out)
+    eager_median = benchmark.extra_info["paired"]["eager"]["median_s"]
+    saved = eager_median - median
+    benchmark.extra_info.update(kind="compiled_training", batch=batch, preset="e2evlp-tiny", device=str(DEVICE),
+                                backend=COMPILE_BACKEND, modules=["encoder", "decoder"],
+                                compile_s=max(first_s - eager_s, 0.0),
+                                break_even_steps=(first_s - eager_s) / saved if saved > 0 else None)

@@ -50,6 +50,7 @@ from ..checkpoint import (
 from ..config import ConfigError
 from ..config_io import DictConfig
 from ..schema import check_fields
+from .compile import compile_modules
 from .loader import loader_workers
 from .logging import MetricLogger
 from .optim import build_optimizer, build_scheduler, check_lr_groups
@@ -121,6 +122,11 @@ class TrainerConfig(DictConfig):
     lr_drop_factor: float = 0.1
     grad_accum_steps: int = 1
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (fp16 needs a GPU)
+    # torch.compile, in place (engine.compile): [] off, ["*"] the whole model, or submodule names ("encoder",
+    # "decoder"); parameter names and checkpoints are the eager model's
+    compile_modules: list[str] = field(default_factory=list)
+    compile_dynamic: bool | None = None  # torch.compile's `dynamic` (None: dynamic after the first size change)
+    compile_backend: str = "inductor"
     seed: int = 42
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact reruns and resumes
     shuffle: bool = True
@@ -239,6 +245,8 @@ class Trainer:
                           "trainer.mixed_precision=no here, bf16 is meant for GPUs and bf16-capable CPUs",
                           stacklevel=2)
         seed_everything(cfg.seed, cfg.deterministic, acc.process_index)
+        self.compiled = compile_modules(model, cfg.compile_modules, dynamic=cfg.compile_dynamic,
+                                        backend=cfg.compile_backend)
         self.num_workers = loader_workers(cfg.num_workers, acc.device)
 
         self.model, self.loss_fn, self.eval_fn = model, loss_fn, eval_fn

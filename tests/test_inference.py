@@ -130,8 +130,8 @@ def test_match_is_the_itm_probability_of_each_pair(setup, model, images):
 def test_bad_inputs_name_the_image_and_the_problem(predictor, images):
     with pytest.raises(TypeError, match="image 1: expected a PIL image"):
         predictor.caption([images[0], "a.png"])
-    with pytest.raises(TypeError, match=r"image 0: expected a uint8 .*float32"):
-        predictor.detect(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match=r"image 0: a float image tensor must hold values in \[0, 1\]"):
+        predictor.detect(torch.rand(3, 32, 32) * 2)
     chunked = E2EVLPPredictor(predictor.model, predictor.tokenizer, predictor.object_names, None, SIZE, MAX_SIZE,
                               batch_size=2)
     with pytest.raises(TypeError, match="image 3: expected a PIL image"):  # counted over the whole list

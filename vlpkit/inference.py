@@ -19,17 +19,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from PIL import Image as PILImage
 from torch import nn
 from torchvision.ops import box_convert
 
 from .checkpoint import WEIGHTS_NAME, read_metadata
-from .data.batch import Batch, collate_images, collate_texts
+from .data.batch import Batch, collate_texts
+from .data.raw_images import PreparedImages, as_image_list, prepare_images
 from .data.tokenization import load_tokenizer, save_tokenizer
 from .data.transforms import make_eval_transforms
 from .model_folder import (  # noqa: F401  (the folder layout, public here too)
@@ -72,16 +71,6 @@ class Captions(NamedTuple):
 
     texts: list[str]
     scores: torch.Tensor
-
-
-@dataclass
-class PreparedImages:
-    """Preprocessed images: pixel_values [N, 3, H, W], pixel_mask [N, H, W] (True = real pixel),
-    orig_sizes [N, 2] (height, width) of the images as given."""
-
-    pixel_values: torch.Tensor
-    pixel_mask: torch.Tensor
-    orig_sizes: torch.Tensor
 
 
 # ---- the predictor -------------------------------------------------------------------------------------------
@@ -197,33 +186,10 @@ class E2EVLPPredictor:
         return self
 
     # ---- inputs ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _as_list(images: Any) -> list:
-        if isinstance(images, PILImage.Image) or (isinstance(images, torch.Tensor) and images.dim() == 3):
-            return [images]
-        if isinstance(images, torch.Tensor):
-            if images.dim() != 4:
-                raise ValueError(f"images: expected a tensor [3, H, W] or [N, 3, H, W], got shape "
-                                 f"{tuple(images.shape)}")
-            return list(images.unbind(0))
-        if isinstance(images, (list, tuple)):
-            if not images:
-                raise ValueError("images: got an empty list")
-            return list(images)
-        raise TypeError(f"images: expected a PIL image, a uint8 tensor [3, H, W] or a list of them, got "
-                        f"{type(images).__name__}")
-
     def preprocess(self, images: Any, first_index: int = 0) -> PreparedImages:
-        """The evaluation transform and padding of `images` (errors name the image by its index, counted from
-        `first_index`)."""
-        pixels, sizes = [], []
-        for i, image in enumerate(self._as_list(images), start=first_index):
-            # the transform's checks name the image by target["image_id"]: its index in the caller's list
-            pixel_values, target, _ = self.transforms(image, {"image_id": i}, None)
-            pixels.append(pixel_values)
-            sizes.append(target["orig_size"])
-        pixel_values, pixel_mask = collate_images(pixels)
-        return PreparedImages(pixel_values.to(self.device), pixel_mask.to(self.device), torch.stack(sizes))
+        """The evaluation transform and padding of `images` (`vlpkit.data.raw_images.prepare_images`; errors name
+        the image by its index, counted from `first_index`), on the predictor's device."""
+        return prepare_images(images, self.transforms, first_index).to(self.device)
 
     def _texts(self, texts: Any, count: int, what: str) -> list[str]:
         if isinstance(texts, str):
@@ -257,7 +223,7 @@ class E2EVLPPredictor:
             one caption per image, or `Captions(texts, scores)` with `return_scores=True`.
         """
         texts, scores = [], []
-        for start, chunk in self._chunks(self._as_list(images)):
+        for start, chunk in self._chunks(as_image_list(images)):
             prepared = self.preprocess(chunk, start)
             out = self.model.generate(prepared.pixel_values, prepared.pixel_mask, num_beams=num_beams,
                                       max_length=max_length, **generate_kwargs)
@@ -283,7 +249,7 @@ class E2EVLPPredictor:
             "attributes" N lists of attribute names and "attribute_ids" N lists of ids (when the model has an
             attribute head).
         """
-        items = self._as_list(images)
+        items = as_image_list(images)
         texts = None if text is None else self._texts(text, len(items), "detect(text=...)")
         results = []
         for start, chunk in self._chunks(items):
@@ -323,7 +289,7 @@ class E2EVLPPredictor:
     def match(self, images: Any, texts: str | Sequence[str]) -> torch.Tensor:
         """Image-text matching: [N_img, N_txt] probability (softmax of `itm_logits`, index 1) that text j
         describes image i. Each image is embedded once and encoded with every text."""
-        items = self._as_list(images)
+        items = as_image_list(images)
         texts = self._texts(texts, 0, "match(texts=...)")
         ids, mask, types = self._encode_texts(texts)
         scores = torch.empty(len(items), len(texts))
@@ -356,7 +322,7 @@ class E2EVLPPredictor:
         if self.answer_names is None:
             raise RuntimeError("answer() needs the answer vocabulary: pass answer_names=, or give the VQA model an "
                                "answer_vocab attribute, or list them under \"answers\" in labels.json")
-        items = self._as_list(images)
+        items = as_image_list(images)
         questions = self._texts(questions, len(items), "answer(questions=...)")
         answers, probs = [], []
         for start, chunk in self._chunks(items):

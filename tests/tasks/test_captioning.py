@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vlpkit import build_e2evlp
+from vlpkit.data.raw_images import prepare_images
 from vlpkit.data.transforms import make_eval_transforms, make_train_transforms
 from vlpkit.metrics.captioning import evaluate_caption_files, load_caption_results
 from vlpkit.models import E2EVLP
@@ -24,7 +25,6 @@ from vlpkit.tasks.captioning import (
     evaluate_captioning,
     finetune_captioning,
     load_task_e2evlp,
-    prepare_images,
 )
 
 SMALL = dict(train_scales=[64], max_size=96, eval_size=64, max_generation_length=8, eval_tokenizer="simple",
@@ -121,7 +121,8 @@ def test_caption_api_on_raw_images(setup, model):
     assert all(len(b) == 4 for b in out.beams) and out.beams[0][0] == out.captions[0]
     assert out.beam_scores[0] == sorted(out.beam_scores[0], reverse=True)
     # same as generating from the evaluation preprocessing by hand
-    pixel_values, pixel_mask = prepare_images([pil], make_eval_transforms(64, 96))
+    prepared = prepare_images([pil], make_eval_transforms(64, 96))
+    pixel_values, pixel_mask = prepared.pixel_values, prepared.pixel_mask
     gen = model.generate(pixel_values, pixel_mask, num_beams=4, max_length=8, length_penalty=0.9)
     assert setup.tokenizer.decode(gen.sequences[0], skip_special_tokens=True) == out.captions[0]
     assert out.scores[0] == pytest.approx(float(gen.scores[0]), abs=1e-5)

@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from vlpkit import build_e2evlp
+from vlpkit.data.raw_images import prepare_images
 from vlpkit.data.transforms import make_eval_transforms
 from vlpkit.losses.circle import circle_loss
 from vlpkit.pretraining.shapes import prepare_shapes
-from vlpkit.tasks.captioning import caption_data, prepare_images
+from vlpkit.tasks.captioning import caption_data
 from vlpkit.tasks.retrieval import (
     RetrievalCollator,
     RetrievalConfig,
@@ -203,7 +204,7 @@ def test_match_api_on_raw_images(setup, model):
     scores = model.match(pils, texts)
     assert scores.shape == (2, 3)
     transforms = make_eval_transforms(64, 96)
-    images = [prepare_images([p], transforms)[0][0] for p in pils]
+    images = [prepare_images([p], transforms).pixel_values[0] for p in pils]
     torch.testing.assert_close(scores, full_scores(model, images, text_inputs(texts, setup.tokenizer)))
     with pytest.raises(ValueError, match="non-empty list"):
         model.match(pils, "one string")

@@ -12,7 +12,7 @@ therefore adds **no parameter**: `CaptionModel.head` is an `nn.Identity`.
   results in the COCO caption results format `[{"image_id", "caption"}]`.
 
 This module also holds what the retrieval task shares with it: where a split's images and captions are
-(`CaptionData`, `caption_data`), and the preprocessing of raw images (`prepare_images`).
+(`CaptionData`, `caption_data`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
+from ..data.raw_images import as_image_list, prepare_images
 from ..data.readers import CocoCaptions, KarpathyDataset
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
@@ -248,44 +248,6 @@ def load_task_e2evlp(checkpoint, data: CaptionData, preset: str = "e2evlp-tiny")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Raw images -> model inputs (shared with vlpkit.tasks.retrieval)
-# ---------------------------------------------------------------------------------------------------------------
-def _as_image_list(images) -> list:
-    if isinstance(images, Image.Image):
-        return [images]
-    if isinstance(images, torch.Tensor):
-        if images.dim() == 3:
-            return [images]
-        if images.dim() == 4:
-            return list(images)
-        raise ValueError(f"an image tensor must be [3, H, W] or a batch [B, 3, H, W], got {list(images.shape)}")
-    images = list(images)
-    if not images:
-        raise ValueError("no images given")
-    return images
-
-
-def prepare_images(images, transforms) -> tuple[torch.Tensor, torch.Tensor]:
-    """PIL images or image tensors -> padded `pixel_values` [B, 3, H, W] and `pixel_mask` [B, H, W] (True = pixel).
-
-    Tensors are [3, H, W] (or a batch [B, 3, H, W]): uint8 in 0..255, or float in [0, 1] (converted to uint8 first,
-    as the evaluation transforms expect). `transforms` is e.g. `make_eval_transforms(800, 1333)`.
-    """
-    tensors = []
-    for i, image in enumerate(_as_image_list(images)):
-        if isinstance(image, torch.Tensor) and image.is_floating_point():
-            if image.numel() and (image.min() < 0 or image.max() > 1):
-                raise ValueError(f"image {i}: a float image tensor must hold values in [0, 1] (uint8 0..255 also "
-                                 f"works), got [{float(image.min()):.3g}, {float(image.max()):.3g}]")
-            image = (image * 255).round().to(torch.uint8)
-        elif not isinstance(image, (Image.Image, torch.Tensor)):
-            raise TypeError(f"image {i} is a {type(image).__name__}; expected a PIL image or a tensor [3, H, W]")
-        tensor, _, _ = transforms(image, {"image_id": i}, None)
-        tensors.append(tensor)
-    return collate_images(tensors)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Batches
 # ---------------------------------------------------------------------------------------------------------------
 class CaptionCollator:
@@ -400,7 +362,7 @@ class CaptionModel(TaskModel):
         if self.tokenizer is None:
             raise ValueError("CaptionModel.caption needs a tokenizer: pass tokenizer= to from_checkpoint/"
                              "from_pretrained or set model.tokenizer")
-        images = _as_image_list(images)
+        images = as_image_list(images)
         transforms = make_eval_transforms(self.eval_size, self.max_size)
         device = next(self.parameters()).device
         out = CaptionPrediction([], [], [] if return_all_beams else None, [] if return_all_beams else None)
@@ -408,7 +370,8 @@ class CaptionModel(TaskModel):
         self.eval()
         try:
             for start in range(0, len(images), batch_size):
-                pixel_values, pixel_mask = prepare_images(images[start:start + batch_size], transforms)
+                prepared = prepare_images(images[start:start + batch_size], transforms, start)
+                pixel_values, pixel_mask = prepared.pixel_values, prepared.pixel_mask
                 gen = self.generate(pixel_values.to(device), pixel_mask.to(device), num_beams=num_beams,
                                     max_length=max_length, min_length=min_length, length_penalty=length_penalty,
                                     length_penalty_style=length_penalty_style,

@@ -36,6 +36,7 @@ from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.masking import normalise_caption
+from ..data.raw_images import as_image_list, prepare_images
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..losses.circle import circle_loss
@@ -56,10 +57,8 @@ from .base import (
 from .captioning import (
     DETR_TRAIN_SCALES,
     CaptionData,
-    _as_image_list,
     caption_data,
     load_task_e2evlp,
-    prepare_images,
 )
 from .registry import Task, register_task
 
@@ -271,8 +270,8 @@ class RetrievalModel(TaskModel):
         if isinstance(texts, str) or not texts:
             raise ValueError("texts must be a non-empty list of strings")
         transforms = make_eval_transforms(self.eval_size, self.max_size)
-        raw = _as_image_list(images)
-        lazy = _LazyImages(len(raw), lambda i: prepare_images([raw[i]], transforms)[0][0])
+        raw = as_image_list(images)
+        lazy = _LazyImages(len(raw), lambda i: prepare_images([raw[i]], transforms, i).pixel_values[0])
         tokens = text_inputs(texts, self.tokenizer, self.max_text_length)
         return full_scores(self, lazy, tokens, image_batch_size, pair_batch_size)
 

@@ -51,7 +51,7 @@ def _task_data(data: str, shapes_images: int, nlvr2_sets: int | None = None):
     from pathlib import Path
 
     if data == "shapes":
-        from .pretraining.shapes import prepare_shapes
+        from .data.shapes.setup import prepare_shapes
 
         options = {} if nlvr2_sets is None else {"nlvr2_sets": nlvr2_sets}
         return prepare_shapes(num_images=shapes_images, **options)

@@ -138,14 +138,14 @@ def task_trainer_config(config, output_dir: str | Path, overrides: Mapping[str, 
 
 # ---- data descriptions ---------------------------------------------------------------------------------------
 def is_shapes_setup(obj: Any) -> bool:
-    """A `vlpkit.pretraining.shapes.ShapesSetup` (duck-typed: a world, a tokenizer and `model_overrides`)."""
+    """A `vlpkit.data.shapes.setup.ShapesSetup` (duck-typed: a world, a tokenizer and `model_overrides`)."""
     return hasattr(obj, "world") and hasattr(obj, "tokenizer") and callable(getattr(obj, "model_overrides", None))
 
 
 def resolve_shapes(data: Any, num_images: int = 2000) -> Any:
     """`"shapes"` -> the default shapes world of `num_images` images (`prepare_shapes`); anything else as is."""
     if isinstance(data, str) and data == "shapes":
-        from ..pretraining.shapes import prepare_shapes
+        from ..data.shapes.setup import prepare_shapes
 
         return prepare_shapes(num_images=num_images)
     return data

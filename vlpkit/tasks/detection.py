@@ -37,6 +37,7 @@ from ..builder import build_e2evlp
 from ..checkpoint import CONFIG_NAME, atomic_write, load_model_config
 from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
+from ..data.readers.coco import CocoWithCaptions
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import Trainer
@@ -46,7 +47,6 @@ from ..model_folder import load_labels, locate_pretrained, save_labels, save_pre
 from ..models import E2EVLP
 from ..models.outputs import DetectionOutput, EncoderOutput
 from ..ops import HungarianMatcher, gather_shards, postprocess_detections, shard_range
-from ..pretraining.sources import CocoWithCaptions
 from ..yamlio import load_yaml_file
 from .base import (
     TaskConfig,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools.coco import COCO
+from torch.utils.data import Dataset
 from torchvision.ops import box_convert
 
 from .images import (
@@ -275,3 +277,36 @@ class CocoDetection(ImageReader):
         return [{"image_id": int(image_id), "category_id": self.label_to_category_id[int(label)],
                  "bbox": box, "score": float(score)}
                 for box, score, label in zip(xywh, scores.tolist(), labels.tolist())]
+
+
+class CocoWithCaptions(Dataset):
+    """COCO instances joined with COCO captions by image id: sample = CocoDetection's sample + "captions".
+
+    Images without any caption are kept (their captions list is empty) and listed in `ids_without_captions`
+    (`num_without_captions` counts them); a caller that trains text tasks on every image must refuse them.
+    """
+
+    def __init__(self, instances_json: str | Path, captions_json: str | Path, image_root: str | Path,
+                 category_map="contiguous") -> None:
+        self.detection = CocoDetection(instances_json, image_root, category_map=category_map)
+        captions = CocoCaptions(captions_json, image_root, per="image")
+        self.captions = {}
+        for i in range(len(captions)):
+            ann = captions.annotation(i)
+            self.captions[ann["image_id"]] = ann["captions"]
+        ids = [self.detection.annotation(i)["image_id"] for i in range(len(self.detection))]
+        self.ids_without_captions = [i for i in ids if not self.captions.get(i)]
+        self.num_without_captions = len(self.ids_without_captions)
+
+    def __len__(self) -> int:
+        return len(self.detection)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.detection[index]
+        return {**sample, "captions": list(self.captions.get(sample["image_id"], []))}
+
+
+def coco_category_names(instances_json: str | Path) -> list[str]:
+    """Category names in contiguous-label order (sorted category id), as `CocoDetection` numbers them."""
+    cats = json.loads(Path(instances_json).read_text())["categories"]
+    return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]

@@ -299,3 +299,9 @@ class VisualGenome(ImageReader):
         image, target, captions = self._apply_transforms(image, ann["target"], ann["captions"])
         return {"image": image, "image_id": ann["image_id"], "target": target, "captions": captions,
                 "regions": ann["regions"]}
+
+
+def attribute_vocab_from_vg(objects_json: str | Path, attributes_json: str | Path, size: int = 400) -> Vocab:
+    """Attribute vocabulary by frequency (see `vlpkit.data.readers.visual_genome.build_vg_vocabs`)."""
+    _, attributes = build_vg_vocabs(objects_json, attributes_json, num_objects=1, num_attributes=size)
+    return attributes

@@ -1,5 +1,6 @@
-"""Raw images -> model inputs: the one preprocessing of images given at inference time, used by the predictor
-(`vlpkit.inference`) and by the task models' own `caption` / `match` / `answer`.
+"""Raw images -> model inputs: the preprocessing of images given at inference time, used by the predictor
+(`vlpkit.inference`) and by `CaptionModel.caption` and `RetrievalModel.match` (`VQAModel.top_answers` and
+`NLVR2Model.predict` still transform their images themselves and accept uint8 tensors only).
 
 Accepted: a PIL image (any mode, converted to RGB by the transform), a tensor [3, H, W] (uint8 in 0..255, or
 float in [0, 1], converted to uint8 first, as the evaluation transforms expect), a batch tensor [N, 3, H, W],

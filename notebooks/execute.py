@@ -5,9 +5,10 @@
 
 Each notebook runs in a fresh kernel from `notebooks/`, with VLPKIT_QUICK unset (the full recipe). Its metadata
 gains `vlpkit.source_sha` (the SHA-256 of its code cells, as `code_sha` computes it), `vlpkit.seconds` and
-`vlpkit.machine`; `tests/test_notebooks.py` fails when a committed notebook's code differs from what produced its
-outputs. The table of timings in notebooks/README.md (between its `<!-- timings:begin/end -->` markers) is
-rewritten from that metadata.
+`vlpkit.machine` and `vlpkit.configs` (the content hash of every shipped config its code names, as
+`benchmarks.provenance.config_sha` computes it); `tests/test_notebooks.py` fails when a committed notebook's code,
+or a shipped config it reads, differs from what produced its outputs. The table of timings in notebooks/README.md
+(between its `<!-- timings:begin/end -->` markers) is rewritten from that metadata.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import hashlib
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from nbclient import NotebookClient
 
 FOLDER = Path(__file__).resolve().parent
 sys.path.insert(0, str(FOLDER.parent))
-from benchmarks.provenance import replace_block  # noqa: E402
+from benchmarks.provenance import ROOT, config_sha, replace_block  # noqa: E402
 
 README = FOLDER / "README.md"
 BEGIN, END = "<!-- timings:begin -->", "<!-- timings:end -->"
@@ -40,6 +42,15 @@ def code_sha(notebook) -> str:
             digest.update(cell.source.encode())
             digest.update(b"\0")
     return digest.hexdigest()
+
+
+def configs_read(notebook) -> dict[str, str]:
+    """{name: config_sha(name)} for every shipped config (vlpkit/configs/NAME.yaml) named in a code cell as
+    `load_config("NAME"...`: the recipe a notebook's outputs come from, beside its code."""
+    names = {m for cell in notebook.cells if cell.cell_type == "code"
+             for m in re.findall(r'load_config\(\s*"([\w.-]+)"', cell.source)}
+    return {name: config_sha(name) for name in sorted(names)
+            if (ROOT / "vlpkit" / "configs" / f"{name}.yaml").is_file()}
 
 
 def notebooks() -> list[Path]:
@@ -63,7 +74,8 @@ def execute(path: Path, timeout: int) -> float:
             os.environ["VLPKIT_QUICK"] = env_quick
     seconds = time.perf_counter() - start
     notebook.metadata["vlpkit"] = {"source_sha": code_sha(notebook), "seconds": round(seconds, 1),
-                                   "machine": machine(), "mode": "full"}
+                                   "machine": machine(), "mode": "full",
+                                   "configs": configs_read(notebook)}
     nbformat.write(notebook, path)
     return seconds
 

@@ -193,16 +193,16 @@ def finetune(task: str, checkpoint, setup, settings: Settings, seed: int, output
     start, cpu = time.perf_counter(), time.process_time()
     report = finetune_scored(task, checkpoint, setup, recipe, overrides, output_dir)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    metrics = report["metrics"][EVAL_SPLITS[task]]
+    metrics = report.metrics[EVAL_SPLITS[task]]
     out = {"accuracy": float(metrics["accuracy"]), "seconds": seconds, "cpu_seconds": cpu,
-           "train_loss_first": report.get("train_loss_first"), "train_loss_last": report.get("train_loss_last")}
+           "train_loss_first": report.train.first_loss, "train_loss_last": report.train.last_loss}
     out.update({k: float(v) for k, v in metrics.items() if k.startswith("accuracy_") or k == "consistency"})
     return out
 
 
-def finetune_scored(task: str, checkpoint, setup, recipe: dict, overrides: dict, output_dir: Path) -> dict:
+def finetune_scored(task: str, checkpoint, setup, recipe: dict, overrides: dict, output_dir: Path):
     """Fine-tune "vqa" or "nlvr2" on the world (`setup`) with a recipe (task config fields) and trainer overrides,
-    evaluating only the scored split (VQA val, NLVR2 dev; not test / test1); -> the task's report."""
+    evaluating only the scored split (VQA val, NLVR2 dev; not test / test1); -> the task's `FinetuneResult`."""
     from vlpkit.tasks.nlvr2 import NLVR2Config, NLVR2Data, finetune_nlvr2
     from vlpkit.tasks.vqa import VQAConfig, VQAData, finetune_vqa
 

@@ -93,7 +93,7 @@ def finetune(task: str, checkpoint: Path, setup, settings: Settings, seed: int, 
                  "save_every": 0, "keep_last": 1, "log_every": 0, "eval_every": 0}
     shutil.rmtree(output_dir, ignore_errors=True)
     start = time.perf_counter()
-    metrics = finetune_scored(task, checkpoint, setup, recipe, overrides, output_dir)["metrics"][TASKS[task]]
+    metrics = finetune_scored(task, checkpoint, setup, recipe, overrides, output_dir).metrics[TASKS[task]]
     out = {"accuracy": float(metrics["accuracy"]), "seconds": time.perf_counter() - start}
     out.update({k: float(v) for k, v in metrics.items() if k.startswith("accuracy_")})
     for sub in ("checkpoints", "model"):

@@ -90,16 +90,6 @@ def metrics_table(metrics, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _final_metrics(result: dict) -> dict:
-    """{split: metrics} from what a finetune_<task> returns."""
-    metrics = result.get("metrics")
-    if isinstance(metrics, dict) and metrics and all(isinstance(v, dict) for v in metrics.values()):
-        return metrics  # vqa, nlvr2: per evaluation split
-    if isinstance(metrics, dict):
-        return {result.get("split", "eval"): metrics}  # detection
-    return {k: result[k] for k in ("val", "test") if isinstance(result.get(k), dict)}  # caption, retrieval
-
-
 def _finetune(args: argparse.Namespace) -> int:
     import json
 
@@ -109,8 +99,8 @@ def _finetune(args: argparse.Namespace) -> int:
     data = _task_data(args.data, args.shapes_images, args.shapes_nlvr2_sets)
     result = finetune(args.task, _checkpoint(args.checkpoint), data, args.output, config=task_overrides,
                       trainer_overrides=trainer_overrides, resume=args.resume)
-    print(json.dumps(result.get("metrics", result), indent=2, default=str))
-    for split, metrics in _final_metrics(result).items():
+    print(json.dumps(result.metrics, indent=2, default=str))
+    for split, metrics in result.metrics.items():
         print(metrics_table(metrics, f"{args.task} {split}"))
     return 0
 

@@ -12,10 +12,11 @@ from PIL import Image
 from vlpkit import build_e2evlp
 from vlpkit.data.raw_images import prepare_images
 from vlpkit.data.transforms import make_eval_transforms, make_train_transforms
+from vlpkit.engine import read_log
 from vlpkit.metrics.captioning import evaluate_caption_files, load_caption_results
 from vlpkit.models import E2EVLP
 from vlpkit.pretraining.shapes import prepare_shapes
-from vlpkit.tasks import TaskOutput
+from vlpkit.tasks import FinetuneResult, TaskOutput
 from vlpkit.tasks.captioning import (
     CaptionCollator,
     CaptioningConfig,
@@ -173,12 +174,16 @@ def test_finetune_loss_falls_and_saves_everything(setup, tmp_path):
                                   "cpu": True})
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "ft" / "log.jsonl") if '"loss"' in line]
     assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3
-    assert result["train"]["last_loss"] == pytest.approx(losses[-1])
-    assert {"Bleu_4", "CIDEr"} <= set(result["val"]) and {"Bleu_4", "CIDEr"} <= set(result["test"])
-    saved = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert saved["test"] == pytest.approx(result["test"])
-    assert (tmp_path / "ft" / "captions_test_vlpkit_results.json").is_file()
-    assert CaptioningConfig.from_dict(json.loads((tmp_path / "ft" / "captioning_config.json").read_text())).lr == 1e-3
+    assert result.train.last_loss == pytest.approx(losses[-1]) and result.train.steps == 8
+    assert set(result.metrics) == {"val", "test"}
+    assert all({"Bleu_4", "CIDEr"} <= set(result.metrics[split]) for split in ("val", "test"))
+    saved = FinetuneResult.load(tmp_path / "ft")
+    assert saved.metrics == result.metrics and saved.train == result.train and saved.task == "caption"
+    # val is scored once, at the last step, and that scoring wrote its results file
+    assert [r["step"] for r in read_log(tmp_path / "ft", "eval")] == [8]
+    for split in ("val", "test"):
+        assert (tmp_path / "ft" / f"captions_{split}_vlpkit_results.json").is_file()
+    assert CaptionModel.load_recipe(tmp_path / "ft" / "model", CaptioningConfig).lr == 1e-3
     reloaded = CaptionModel.from_pretrained(tmp_path / "ft" / "model", eval_size=64, max_size=96)
     assert reloaded.tokenizer.get_vocab() == setup.tokenizer.get_vocab()
     for name, value in start.state_dict().items():  # `start` is the trained model (fine-tuned in place)

@@ -207,13 +207,13 @@ def test_finetune_loss_falls_and_the_folder_loads(setup, tmp_path):
     out = finetune_detection(run, setup, tmp_path / "out", cfg,
                              {"max_steps": 6, "lr": 5e-4, "backbone_lr": 1e-4, "progress_bar": False,
                               "log_every": 0, "shuffle": False})
-    losses = [h["loss"] for h in out["history"]]
+    losses = [h["loss"] for h in out.history]
     assert len(losses) == 6 and sum(losses[-2:]) / 2 < losses[0], losses
-    assert set(out["metrics"]) >= {"AP", "AP50", "APs", "APm", "APl"}
+    assert set(out.metrics) == {"val"} and set(out.metrics["val"]) >= {"AP", "AP50", "APs", "APm", "APl"}
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert summary["metrics"] == out["metrics"] and summary["paired_text"] is True
-    assert summary["new_parameters"] == sorted(CLASS_HEAD)
-    model = DetectionModel.from_pretrained(out["model_dir"])
+    assert summary["metrics"] == out.metrics and summary["info"]["paired_text"] is True
+    assert summary["info"]["new_parameters"] == sorted(CLASS_HEAD)
+    model = DetectionModel.from_pretrained(out.model_dir)
     assert model.paired_text and model.config.num_classes == 6
     predictor = E2EVLPPredictor.from_pretrained(tmp_path / "out")  # the run folder: <out>/model/ is found
     assert isinstance(predictor.task_model, DetectionModel)

@@ -236,7 +236,7 @@ def test_short_finetuning_fits_the_training_pairs(tmp_path, setup):
                             {"max_steps": 6, "progress_bar": False, "save_every": 0, "log_every": 1})
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
               if r["kind"] == "train"]
-    assert len(losses) == 6 and losses[0] == report["train_loss_first"]
+    assert len(losses) == 6 and losses[0] == report.train.first_loss
     assert not torch.equal(before, fresh.encoder.layers[0].self_attn.q_proj.weight)
     # the 8 training pairs (one batch), seen 6 times: the saved model fits them (eval mode: no dropout noise)
     saved = NLVR2Model.from_pretrained(tmp_path / "run" / "model").eval()
@@ -245,7 +245,7 @@ def test_short_finetuning_fits_the_training_pairs(tmp_path, setup):
     with torch.no_grad():
         fitted = nlvr2_loss(saved, _batch(saved, train, 8))["loss"].item()
     assert fitted < 0.7 * losses[0]
-    assert set(report["metrics"]) == {"dev", "test1"} and report["baselines"]["dev"]["majority_label"] == 50.0
+    assert set(report.metrics) == {"dev", "test1"} and report.info["baselines"]["dev"]["majority_label"] == 50.0
     for split in ("dev", "test1"):
         assert (tmp_path / "run" / "results" / f"{split}_predictions.csv").is_file()
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"] == report["metrics"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"] == report.metrics

@@ -271,14 +271,14 @@ def test_short_finetuning_lowers_the_loss_and_trains_the_encoder(tmp_path, setup
                           {"max_steps": 6, "progress_bar": False, "save_every": 0, "log_every": 1})
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if r.get("kind") == "train" and "loss" in r]
-    assert len(losses) == 6 and report["train_loss_last"] < 0.6 * report["train_loss_first"]
-    assert losses[0] == pytest.approx(report["train_loss_first"])
+    assert len(losses) == 6 and report.train.last_loss < 0.6 * report.train.first_loss
+    assert losses[0] == pytest.approx(report.train.first_loss)
     after = fresh.state_dict()
     assert not torch.equal(before["encoder.layers.0.self_attn.q_proj.weight"], after["encoder.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(before["query_embed.weight"], after["query_embed.weight"])  # VQA does not use the decoder
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["metrics"]["val"]["accuracy"] == report["metrics"]["val"]["accuracy"]
-    assert {"majority_yes/no", "majority_per_question_type"} <= set(saved["baselines"]["val"])
+    assert saved["metrics"]["val"]["accuracy"] == report.metrics["val"]["accuracy"]
+    assert {"majority_yes/no", "majority_per_question_type"} <= set(saved["info"]["baselines"]["val"])
     assert (tmp_path / "run" / "results" / "vqa_OpenEnded_shapes_test_e2evlp_results.json").is_file()
     assert isinstance(VQAModel.from_pretrained(tmp_path / "run" / "model").e2evlp, E2EVLP)
 
@@ -296,12 +296,12 @@ def test_frozen_trunk_finetuning_leaves_the_trunk_and_reuses_its_features(tmp_pa
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)  # weights and BatchNorm statistics
     assert not torch.equal(before["encoder.layers.0.self_attn.q_proj.weight"],
                            after["encoder.layers.0.self_attn.q_proj.weight"])
-    stats = report["trunk_cache"]
+    stats = report.info["trunk_cache"]
     images = len({q["image_id"] for q in json.loads(setup.world.vqa_questions("train").read_text())["questions"]})
     # 12 steps x 8 questions from `images` training images, plus val and test (the train scale is the eval size)
     assert stats["evictions"] == 0 and stats["hits"] > 0
     assert stats["entries"] == stats["misses"] and images <= stats["entries"]
-    assert report["train_loss_last"] < report["train_loss_first"]
+    assert report.train.last_loss < report.train.first_loss
 
 
 def test_results_file_takes_the_official_subtype_name(tmp_path, data, vocab, model):

@@ -8,17 +8,15 @@
 - `TaskConfig`: the recipe dataclasses' dict round trip (unknown keys named) and their `TrainerConfig`.
 - `TaskData`: VQA's and NLVR2's data descriptions resolved from a shapes world, "shapes", a dict or a file.
 - Tokenizer plumbing (`find_tokenizer`, `check_tokenizer`, `tokenizer_overrides`, `fresh_overrides`).
-- The two fine-tuning flows: `finetune_eval_splits` (VQA, NLVR2: evaluate every evaluation split at the end) and
-  `finetune_val_test` (captioning, retrieval: val during training, test at the end).
-- `finetune(task, ...)` / `evaluate(task, ...)`: any registered task by its name (`vlpkit.tasks.registry`).
+
+The fine-tuning loop every task runs, and `finetune` / `evaluate` by task name, are in `vlpkit.tasks.finetuning`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,12 +39,10 @@ from ..checkpoint import (
 from ..config import E2EVLPConfig
 from ..config_io import DictConfig
 from ..data.tokenization import load_tokenizer, save_tokenizer
-from ..engine import Trainer, TrainerConfig
-from ..model_folder import LABELS_NAME, locate_pretrained
+from ..engine import TrainerConfig
+from ..model_folder import locate_pretrained
 from ..models import E2EVLP
-from ..models.feature_cache import GridFeatureCache, freeze_trunk
 from ..yamlio import load_yaml_file
-from .registry import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -349,187 +345,3 @@ def load_finetuned(model_cls: type[TaskModel], config_cls: type, path: str | Pat
             recorded = config_cls()
         config = recorded.replace(**dict(config or {}))
     return model.eval(), config
-
-
-# ---- fine-tuning flows ---------------------------------------------------------------------------------------
-def apply_frozen_trunk(model: TaskModel, config) -> GridFeatureCache | None:
-    """With `config.frozen_trunk` (not the paper's recipe, which fine-tunes the trunk at `backbone_lr`): freeze
-    the model's ResNet and 1x1 projection and cache their features per image (`vlpkit.models.feature_cache`).
-    Returns the cache, or None when the trunk trains."""
-    if not getattr(config, "frozen_trunk", False):
-        return None
-    cache = freeze_trunk(model.e2evlp, config.trunk_cache_megabytes)
-    logger.info("trunk frozen; grid features cached per image (at most %.0f MB)", config.trunk_cache_megabytes)
-    return cache
-
-
-def log_trunk_cache(cache: GridFeatureCache) -> dict[str, float]:
-    """The cache's `stats()`, also logged."""
-    stats = cache.stats()
-    logger.info("trunk feature cache: %d hits, %d misses, %d evictions, %d images, %.1f MB", stats["hits"],
-                stats["misses"], stats["evictions"], stats["entries"], stats["megabytes"])
-    return stats
-
-
-def carry_labels(checkpoint, model_dir: Path) -> Path | None:
-    """Copy the pretraining run's `labels.json` (object and attribute names) into a fine-tuned model folder, so
-    that `E2EVLPPredictor.from_pretrained(model_dir).detect(...)` names what it finds. Returns the copy, or None
-    when `checkpoint` is not a folder with a `labels.json` (an in-memory model, a fresh model)."""
-    if not isinstance(checkpoint, (str, Path)):
-        return None
-    labels = locate_pretrained(checkpoint).labels
-    if labels is None:
-        return None
-    target = Path(model_dir) / LABELS_NAME
-    atomic_write(target, lambda tmp: Path(tmp).write_bytes(labels.read_bytes()))
-    return target
-
-
-def loss_summary(history: list[dict]) -> tuple[float | None, float | None]:
-    """(first, last) finite training loss of a `Trainer.train` history."""
-    losses = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
-    return (losses[0], losses[-1]) if losses else (None, None)
-
-
-def finetune_eval_splits(task: str, model: TaskModel, loss_fn: Callable, train_set, collator, tokenizer, data,
-                         config, output_dir: Path, trainer_overrides: Mapping[str, Any] | None, evaluate: Callable,
-                         *, eval_fn: Callable | None = None, resume: bool = False,
-                         scorable: Callable[[Any], bool] = lambda split: True,
-                         extra: Mapping[str, Any] | None = None, checkpoint=None) -> dict[str, Any]:
-    """Train, then evaluate every split of `data.eval`, save the model and `metrics.json` (VQA, NLVR2).
-
-    Args:
-        evaluate: `evaluate(model, tokenizer, split_files, name, output_dir, batch_size=, num_workers=) -> dict`
-            (`evaluate_vqa`, `evaluate_nlvr2`); results files go to `output_dir/results`.
-        eval_fn: the `Trainer`'s; by default, with `eval_every > 0`, the float metrics of the first evaluation
-            split (when `scorable(split)`).
-        extra: report entries placed after "config".
-        checkpoint: the pretraining folder fine-tuned from; its `labels.json` is copied into `output_dir/model`.
-    Returns:
-        The content of `metrics.json`: {"task", "config", **extra, "train_steps", "train_loss_first",
-        "train_loss_last", "metrics": {split: evaluate(...)}, "baselines"} ({} off the main process).
-    """
-    trainer_cfg = config.trainer_config(output_dir, trainer_overrides)
-    if eval_fn is None and trainer_cfg.eval_every > 0 and data.eval:
-        name, split = next(iter(data.eval.items()))
-        if scorable(split):
-            def eval_fn(m):
-                r = evaluate(m, tokenizer, split, name, batch_size=config.eval_batch_size)
-                return {k: v for k, v in r.items() if isinstance(v, float)}
-    cache = apply_frozen_trunk(model, config)
-    trainer = Trainer(model, loss_fn, train_set, collator, trainer_cfg, eval_fn=eval_fn)
-    history = trainer.train(resume=resume)
-
-    report: dict[str, Any] = {}
-    main = trainer.accelerator.is_main_process
-    # every process evaluates its share of each split; the main one writes the results files
-    metrics = {name: evaluate(model, tokenizer, split, name, output_dir / "results" if main else None,
-                              batch_size=config.eval_batch_size, num_workers=trainer.num_workers)
-               for name, split in data.eval.items()}
-    if main:
-        model.save_pretrained(output_dir / "model", config)
-        carry_labels(checkpoint, output_dir / "model")
-        first, last = loss_summary(history)
-        report = {"task": task, "config": config.to_dict(), **dict(extra or {}), "train_steps": len(history),
-                  "train_loss_first": first, "train_loss_last": last, "metrics": metrics,
-                  "baselines": data.baselines}
-        if cache is not None:
-            report["trunk_cache"] = log_trunk_cache(cache)
-        write_json(output_dir / "metrics.json", report)
-        for name, m in metrics.items():
-            logger.info("%s %s: %s", task, name, ", ".join(f"{k} {v:.2f}" for k, v in m.items()
-                                                          if isinstance(v, float)))
-    trainer.accelerator.wait_for_everyone()
-    return report
-
-
-def finetune_val_test(model: TaskModel, loss_fn: Callable, train_set, collator, data, config, output_dir: Path,
-                      trainer_overrides: Mapping[str, Any] | None, evaluate: Callable,
-                      config_name: str, checkpoint=None, resume: bool = False) -> dict[str, Any]:
-    """Train (scoring `config.val_split` at every evaluation, and writing its results file at the last), then save
-    the model and the recipe, score `config.test_split` with its results file, and write `metrics.json`
-    (captioning, retrieval).
-
-    Args:
-        data: has `tokenizer` and `splits` (a `CaptionData`).
-        evaluate: `evaluate(model, tokenizer, data, split, output_dir, config) -> dict`.
-        config_name: the recipe's file name in `output_dir` (it is also saved in `output_dir/model`).
-        checkpoint: the pretraining folder fine-tuned from; its `labels.json` is copied into `output_dir/model`.
-        resume: continue from the latest checkpoint in `output_dir/checkpoints`.
-    Returns:
-        {"train": {"steps", "first_loss", "last_loss"}, "output_dir", "val" (when scored), "test" (when the split
-        exists)}.
-    """
-    val_metrics: dict[str, float] = {}
-
-    def eval_fn(m):
-        # the evaluation at the last step also writes the val split's official results file (main process)
-        final = trainer.step == trainer.total_steps and trainer.accelerator.is_main_process
-        metrics = evaluate(m, data.tokenizer, data, config.val_split, output_dir if final else None, config)
-        val_metrics.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        return val_metrics
-
-    cache = apply_frozen_trunk(model, config)
-    trainer = Trainer(model, loss_fn, train_set, collator, config.trainer_config(output_dir, trainer_overrides),
-                      eval_fn=eval_fn if config.val_split in data.splits else None)
-    history = trainer.train(resume=resume)
-    result: dict[str, Any] = {"train": {"steps": len(history), "first_loss": history[0]["loss"] if history else None,
-                                        "last_loss": history[-1]["loss"] if history else None},
-                              "output_dir": str(output_dir)}
-    main = trainer.accelerator.is_main_process
-    if val_metrics:
-        result["val"] = dict(val_metrics)
-    if config.test_split in data.splits:  # every process scores its share; the main one writes the results file
-        result["test"] = evaluate(model, data.tokenizer, data, config.test_split, output_dir if main else None, config)
-    if main:
-        model.save_pretrained(output_dir / "model", config)
-        carry_labels(checkpoint, output_dir / "model")
-        write_json(output_dir / config_name, config.to_dict())
-        if cache is not None:
-            result["trunk_cache"] = log_trunk_cache(cache)
-        write_json(output_dir / "metrics.json", result)
-    return result
-
-
-# ---- any task by name ----------------------------------------------------------------------------------------
-def finetune(task: str, checkpoint, data, output_dir: str | Path, config: Any = None,
-             trainer_overrides: Mapping[str, Any] | None = None, *, shapes_images: int = 2000,
-             resume: bool = False) -> dict[str, Any]:
-    """Fine-tune the registered task `task` (`vlpkit.tasks.registry`); `data="shapes"` is the default shapes world
-    of `shapes_images` images; `config` a task config or a dict of its fields; `resume` continues an interrupted
-    run from the latest checkpoint in `output_dir`."""
-    spec = get_task(task)
-    if not isinstance(config, spec.config_class):
-        config = spec.config_class.from_dict(dict(config or {}))
-    return spec.finetune(checkpoint, resolve_shapes(data, shapes_images), output_dir, config=config,
-                         trainer_overrides=trainer_overrides, resume=resume)
-
-
-def evaluate(task: str, model_dir: str | Path, data: Any = "shapes", split: str | None = None,
-             output_dir: str | Path | None = None, config: Any = None, *, device: str | torch.device | None = None,
-             shapes_images: int = 2000) -> dict[str, Any]:
-    """Evaluate a fine-tuned model folder on one split with the task's official metric.
-
-    Args:
-        task: a registered task name (`vlpkit.tasks.registry.task_names()`: vqa, nlvr2, caption, retrieval,
-            detection and any registered by another package).
-        model_dir: the output folder of `vlpkit finetune TASK` (or its `model/`).
-        data: what the task's fine-tuning accepts: "shapes" (the default shapes world of `shapes_images` images), a
-            `ShapesSetup`, a dict or a YAML/JSON file of dataset paths.
-        split: default: the task's (VQA "val", NLVR2 "dev", captioning and retrieval the recipe's `test_split`,
-            detection its `eval_split`). NLVR2 also takes "val" for "dev" and "test" for "test1".
-        output_dir: receives the official results file of the split and `evaluation_<split>.json` (task, split,
-            model folder, metrics); None: nothing is written.
-        config: None (the recipe recorded at fine-tuning), or a dict of recipe fields to change (e.g.
-            `{"eval_batch_size": 8}`), or a task config.
-        device: default: CUDA when available, else the CPU.
-    Returns:
-        The task's metrics (as `evaluate_<task>` returns them), with "split".
-    """
-    spec = get_task(task)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    metrics = spec.evaluate(model_dir, resolve_shapes(data, shapes_images), split, output_dir, config, device=device)
-    if output_dir is not None:
-        record = {"task": task, "split": metrics["split"], "model": str(model_dir), "metrics": metrics}
-        write_json(Path(output_dir) / f"evaluation_{metrics['split']}.json", record)
-    return metrics

@@ -54,12 +54,12 @@ from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public
     TaskModel,
     TaskOutput,
     find_tokenizer,
-    finetune_val_test,
     load_e2evlp,
     load_finetuned,
     task_trainer_config,
     tokenizer_overrides,
 )
+from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 DETR_TRAIN_SCALES = tuple(range(480, 801, 32))
@@ -483,7 +483,7 @@ def evaluate_captioning(model, tokenizer, data, split: str = "test", output_dir:
 # ---------------------------------------------------------------------------------------------------------------
 def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
                         config: CaptioningConfig | Mapping | None = None,
-                        trainer_overrides: Mapping[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+                        trainer_overrides: Mapping[str, Any] | None = None, resume: bool = False) -> FinetuneResult:
     """Fine-tune for captioning, evaluate on the val and test splits, save model and metrics.
 
     Args:
@@ -491,11 +491,14 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
             e2evlp-tiny sized for the data's tokenizer).
         setup_or_paths: see `caption_data`.
         output_dir: receives the trainer's checkpoints and log, `model/` (CaptionModel.save_pretrained, with its
-            tokenizer and recipe), `captions_test_vlpkit_results.json`, `captioning_config.json` and
-            `metrics.json`.
+            tokenizer and recipe), the official results files of val and test (`captions_<split>_vlpkit_results.json`)
+            and `metrics.json`.
         config: a CaptioningConfig or a dict of its fields. trainer_overrides: TrainerConfig fields.
+    The val split is scored at every evaluation and at the last step (which writes its results file).
+
     Returns:
-        {"train": {"steps", "first_loss", "last_loss"}, "val": metrics, "test": metrics, "output_dir"}.
+        The `FinetuneResult` (also in `metrics.json`): `metrics` {val split: ..., test split: ...}
+        (`evaluate_captioning`), for the splits the data has.
     """
     config = config if isinstance(config, CaptioningConfig) else CaptioningConfig.from_dict(config or {})
     data = caption_data(setup_or_paths, find_tokenizer(checkpoint))
@@ -503,11 +506,20 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
                                          config.max_size)
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
-    return finetune_val_test(model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing),
-                             data.split(config.train_split).reader("caption", train_tf),
-                             CaptionCollator(data.tokenizer, config.max_caption_length), data, config,
-                             Path(output_dir), trainer_overrides, evaluate_captioning, RECIPE_FILE,
-                             checkpoint=checkpoint, resume=resume)
+    scorers = {split: functools.partial(_score, data, split, config) for split in (config.val_split, config.test_split)
+               if split in data.splits}
+    return run_finetune("caption", model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing),
+                        data.split(config.train_split).reader("caption", train_tf),
+                        CaptionCollator(data.tokenizer, config.max_caption_length), config, output_dir,
+                        config.trainer_config(output_dir, trainer_overrides), scorers=scorers,
+                        watch=config.val_split if config.val_split in scorers else None, watch_writes=True,
+                        checkpoint=checkpoint, resume=resume)
+
+
+def _score(data, split: str, config: CaptioningConfig, model: CaptionModel, out: Path | None,
+           num_workers: int) -> dict[str, Any]:
+    """A `run_finetune` scorer: `evaluate_captioning` of `split` (its loader workers are the recipe's)."""
+    return evaluate_captioning(model, data.tokenizer, data, split, out, config)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

@@ -40,7 +40,6 @@ from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.coco import CocoWithCaptions
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
-from ..engine import Trainer
 from ..losses import SetCriterion
 from ..metrics.detection import evaluate_detections, to_coco_results
 from ..model_folder import load_labels, locate_pretrained, save_labels, save_preprocessing
@@ -51,13 +50,12 @@ from ..yamlio import load_yaml_file
 from .base import (
     TaskConfig,
     TaskModel,
-    apply_frozen_trunk,
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
-    log_trunk_cache,
     write_json,
 )
+from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -497,7 +495,7 @@ def _attribute_names(data: Any, checkpoint: Any, model: DetectionModel) -> list[
 
 def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: Any, output_dir: str | Path,
                        config: DetectionConfig | None = None, trainer_overrides: dict | None = None,
-                       resume: bool = False) -> dict:
+                       resume: bool = False) -> FinetuneResult:
     """Fine-tune detection on COCO (or the shapes world), evaluate, and save.
 
     Args:
@@ -510,8 +508,8 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
     `tokenizer/`, `labels.json` and `preprocessing.json`: `E2EVLPPredictor.from_pretrained` reads it),
     `detections_<split>_results.json`, `metrics_<split>.json` and `metrics.json`.
     Returns:
-        {"split": the evaluated split, "metrics": COCOeval stats, "history": the trainer's per-step records,
-        "model_dir": path}.
+        The `FinetuneResult` (also in `metrics.json`): `metrics` {eval_split: COCOeval stats}; `info`
+        {"paired_text", "new_parameters"}.
     """
     config = config or DetectionConfig()
     output_dir = Path(output_dir)
@@ -526,31 +524,21 @@ def finetune_detection(checkpoint: str | Path | E2EVLP | None, setup_or_paths: A
                                            paired_text=config.paired_text, class_names=train_set.category_names,
                                            **overrides)
     criterion = build_criterion(config, train_set.num_classes)
-    cache = apply_frozen_trunk(model, config)
-    trainer = Trainer(model, functools.partial(detection_loss, criterion=criterion), train_set,
-                      DetectionCollator(tokenizer, model.config.max_text_length), trainer_config)
-    history = trainer.train(resume=resume)
-    result = {"split": config.eval_split, "metrics": {}, "history": history, "model_dir": str(output_dir / "model")}
-    # every process detects in its share of the split; the main one writes the files
-    main = trainer.accelerator.is_main_process
-    metrics = evaluate_detection(model, tokenizer, setup_or_paths, config.eval_split, output_dir if main else None,
-                                 config)
-    if not main:
-        return result
-    model_dir = model.save_pretrained(output_dir / "model", config)
-    save_tokenizer(tokenizer, model_dir / "tokenizer")
-    save_labels(model_dir, train_set.category_names, _attribute_names(setup_or_paths, checkpoint, model),
-                category_ids=[train_set.label_to_category_id[k] for k in range(train_set.num_classes)])
-    save_preprocessing(model_dir, config.eval_size, config.max_size)
-    summary = {"split": config.eval_split, "paired_text": config.paired_text, "metrics": metrics,
-               "first_loss": history[0]["loss"] if history else None,
-               "last_loss": history[-1]["loss"] if history else None, "steps": len(history),
-               "new_parameters": model.new_parameters, "config": config.to_dict()}
-    if cache is not None:
-        summary["trunk_cache"] = log_trunk_cache(cache)
-    atomic_write(output_dir / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
-    result["metrics"] = metrics
-    return result
+
+    def score(m: DetectionModel, out: Path | None, num_workers: int) -> dict[str, Any]:
+        return evaluate_detection(m, tokenizer, setup_or_paths, config.eval_split, out, config)
+
+    def save(model_dir: Path) -> None:
+        save_tokenizer(tokenizer, model_dir / "tokenizer")
+        save_labels(model_dir, train_set.category_names, _attribute_names(setup_or_paths, checkpoint, model),
+                    category_ids=[train_set.label_to_category_id[k] for k in range(train_set.num_classes)])
+        save_preprocessing(model_dir, config.eval_size, config.max_size)
+
+    return run_finetune("detection", model, functools.partial(detection_loss, criterion=criterion), train_set,
+                        DetectionCollator(tokenizer, model.config.max_text_length), config, output_dir,
+                        trainer_config, scorers={config.eval_split: score}, checkpoint=checkpoint, resume=resume,
+                        info={"paired_text": config.paired_text, "new_parameters": model.new_parameters},
+                        save=save)
 
 
 def evaluate_finetuned(model_dir: str | Path, data: Any, split: str | None = None,

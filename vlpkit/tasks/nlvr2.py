@@ -19,7 +19,7 @@ Images are never flipped: "left"/"right" name the two images, not positions insi
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,13 +47,13 @@ from .base import (
     check_tokenizer,
     eval_split,
     find_tokenizer,
-    finetune_eval_splits,
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
     mean_by_group,
     write_json,
 )
+from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 TASK_FILE = "nlvr2_task.json"
@@ -382,7 +382,7 @@ def evaluate_nlvr2(model: NLVR2Model, tokenizer, data: NLVR2Split, split: str = 
 # ---- fine-tuning ---------------------------------------------------------------------------------------------
 def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_dir: str | Path,
                    config: NLVR2Config | None = None, trainer_overrides: Mapping[str, Any] | None = None, *,
-                   tokenizer=None, eval_fn: Callable | None = None, resume: bool = False) -> dict[str, Any]:
+                   tokenizer=None, resume: bool = False) -> FinetuneResult:
     """Fine-tune E2E-VLP on NLVR2, evaluate every evaluation split (dev, test1), save the model and the metrics.
 
     Args:
@@ -395,12 +395,12 @@ def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, outpu
         config: `NLVR2Config` (default: the paper's recipe).
         trainer_overrides: `TrainerConfig` fields applied last (e.g. max_steps, num_workers, eval_every).
         tokenizer: overrides the tokenizer; by default the one saved with the checkpoint, else the data's.
-        eval_fn: an extra `Trainer` eval_fn; by default, with `eval_every > 0`, the first evaluation split's
-            accuracy is logged during training.
         resume: continue from the latest checkpoint in `output_dir/checkpoints`.
+    With `eval_every > 0` the first evaluation split's accuracy is logged during training.
+
     Returns:
-        The content of `metrics.json`: {"task", "config", "train_steps", "train_loss_first", "train_loss_last",
-        "metrics": {split: evaluate_nlvr2(...)}, "baselines": {split: {"majority_label": ...}} (shapes world)}.
+        The `FinetuneResult` (also in `metrics.json`): `metrics` {split: evaluate_nlvr2(...)}; `info`
+        {"baselines": {split: {"majority_label": ...}} (shapes world)}.
     """
     config = config if config is not None else NLVR2Config()
     data = NLVR2Data.resolve(setup_or_paths)
@@ -414,10 +414,19 @@ def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, outpu
     check_tokenizer(tokenizer, model.config)
     train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
                                      flip=False)
-    return finetune_eval_splits("nlvr2", model, nlvr2_loss, data.train.dataset(train_tf),
-                                NLVR2Collator(tokenizer, model.config.max_text_length), tokenizer, data, config,
-                                Path(output_dir), trainer_overrides, evaluate_nlvr2, eval_fn=eval_fn, resume=resume,
-                                checkpoint=checkpoint)
+
+    def scorer(name: str, split):
+        def score(m: NLVR2Model, out: Path | None, num_workers: int) -> dict[str, Any]:
+            return evaluate_nlvr2(m, tokenizer, split, name, None if out is None else out / "results",
+                                  batch_size=config.eval_batch_size, num_workers=num_workers)
+        return score
+
+    return run_finetune("nlvr2", model, nlvr2_loss, data.train.dataset(train_tf),
+                        NLVR2Collator(tokenizer, model.config.max_text_length), config, output_dir,
+                        config.trainer_config(output_dir, trainer_overrides),
+                        scorers={name: scorer(name, split) for name, split in data.eval.items()},
+                        watch=next(iter(data.eval), None), checkpoint=checkpoint, resume=resume,
+                        info={"baselines": data.baselines})
 
 
 def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None = None,

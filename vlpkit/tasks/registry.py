@@ -35,8 +35,10 @@ class Task:
     config_class: the recipe dataclass (`from_dict(dict)` naming unknown keys, `to_dict()`).
     model_class: the `TaskModel` subclass. A fine-tuned folder records this class's name in its weights'
         metadata, and `model_class.from_pretrained(folder)` loads it.
-    finetune: `finetune(checkpoint, data, output_dir, config=, trainer_overrides=, resume=) -> dict`: trains,
-        evaluates, saves the model under `output_dir/model` and returns what it writes to `metrics.json`.
+    finetune: `finetune(checkpoint, data, output_dir, config=, trainer_overrides=, resume=) -> FinetuneResult`:
+        trains, evaluates, saves the model under `output_dir/model` and returns the result it writes to
+        `metrics.json` (the built-in tasks build their model, data, loss and scorers, and hand them to
+        `vlpkit.tasks.finetuning.run_finetune`).
     evaluate: `evaluate(model_dir, data, split, output_dir, config, device=) -> dict`: the metrics of one split
         of a fine-tuned folder, with "split".
     summary: one line for `--help` and the docs.

@@ -50,7 +50,6 @@ from .base import (
     TaskModel,
     TaskOutput,
     find_tokenizer,
-    finetune_val_test,
     load_e2evlp,
     load_finetuned,
 )
@@ -60,6 +59,7 @@ from .captioning import (
     caption_data,
     load_task_e2evlp,
 )
+from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 logger = logging.getLogger(__name__)
@@ -629,7 +629,7 @@ def evaluate_retrieval(model: RetrievalModel, tokenizer, data, split: str = "tes
 # ---------------------------------------------------------------------------------------------------------------
 def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
                        config: RetrievalConfig | Mapping | None = None,
-                       trainer_overrides: Mapping[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+                       trainer_overrides: Mapping[str, Any] | None = None, resume: bool = False) -> FinetuneResult:
     """Fine-tune for image-text retrieval with circle loss, evaluate on val and test, save model and metrics.
 
     Args:
@@ -637,10 +637,13 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
             e2evlp-tiny sized for the data's tokenizer).
         setup_or_paths: see `vlpkit.tasks.captioning.caption_data` (the same images-with-captions files).
         output_dir: receives the trainer's checkpoints and log, `model/` (with its tokenizer and recipe),
-            `retrieval_test_results.json`, `retrieval_config.json` and `metrics.json`.
+            the official results files of val and test (`retrieval_<split>_results.json`) and `metrics.json`.
         config: a RetrievalConfig or a dict of its fields. trainer_overrides: TrainerConfig fields.
+    The val split is scored at every evaluation and at the last step (which writes its results file).
+
     Returns:
-        {"train": {"steps", "first_loss", "last_loss"}, "val": metrics, "test": metrics, "output_dir"}.
+        The `FinetuneResult` (also in `metrics.json`): `metrics` {val split: ..., test split: ...}
+        (`evaluate_retrieval`), for the splits the data has.
     """
     config = config if isinstance(config, RetrievalConfig) else RetrievalConfig.from_dict(config or {})
     data: CaptionData = caption_data(setup_or_paths, find_tokenizer(checkpoint))
@@ -650,10 +653,19 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
     train_set = RetrievalTrainDataset(data.split(config.train_split).reader("image", train_tf), config.seed)
-    return finetune_val_test(model, functools.partial(retrieval_loss, config=config), train_set,
-                             RetrievalCollator(data.tokenizer, config.max_text_length), data, config,
-                             Path(output_dir), trainer_overrides, evaluate_retrieval, RECIPE_FILE,
-                             checkpoint=checkpoint, resume=resume)
+    scorers = {split: functools.partial(_score, data, split, config) for split in (config.val_split, config.test_split)
+               if split in data.splits}
+    return run_finetune("retrieval", model, functools.partial(retrieval_loss, config=config), train_set,
+                        RetrievalCollator(data.tokenizer, config.max_text_length), config, output_dir,
+                        config.trainer_config(output_dir, trainer_overrides), scorers=scorers,
+                        watch=config.val_split if config.val_split in scorers else None, watch_writes=True,
+                        checkpoint=checkpoint, resume=resume)
+
+
+def _score(data, split: str, config: RetrievalConfig, model: RetrievalModel, out: Path | None,
+           num_workers: int) -> dict[str, Any]:
+    """A `run_finetune` scorer: `evaluate_retrieval` of `split` (its loader workers are the recipe's)."""
+    return evaluate_retrieval(model, data.tokenizer, data, split, out, config)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

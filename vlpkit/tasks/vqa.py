@@ -21,7 +21,7 @@ Images are never flipped: answers such as "left" are class ids that a mirrored i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,7 +54,6 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
     check_tokenizer,
     eval_split,
     find_tokenizer,
-    finetune_eval_splits,
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
@@ -63,6 +62,7 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
     tokenizer_overrides,
     write_json,
 )
+from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 TASK_FILE = "vqa_task.json"
@@ -493,7 +493,7 @@ def evaluate_vqa(model: VQAModel, tokenizer, data: VQASplit, split: str = "val",
 # ---- fine-tuning ---------------------------------------------------------------------------------------------
 def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_dir: str | Path,
                  config: VQAConfig | None = None, trainer_overrides: Mapping[str, Any] | None = None, *,
-                 tokenizer=None, eval_fn: Callable | None = None, resume: bool = False) -> dict[str, Any]:
+                 tokenizer=None, resume: bool = False) -> FinetuneResult:
     """Fine-tune E2E-VLP on VQA, evaluate every evaluation split, save the model and the metrics.
 
     Args:
@@ -506,12 +506,12 @@ def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_
         trainer_overrides: `TrainerConfig` fields applied last (e.g. max_steps, num_workers, eval_every).
         tokenizer: overrides the tokenizer; by default the one saved with the checkpoint
             (`find_tokenizer`), else the data's.
-        eval_fn: an extra `Trainer` eval_fn; by default, with `eval_every > 0`, the first evaluation split's
-            accuracy is logged during training.
         resume: continue from the latest checkpoint in `output_dir/checkpoints`.
+    With `eval_every > 0` the first evaluation split's accuracy is logged during training.
+
     Returns:
-        The content of `metrics.json`: {"task", "config", "answer_vocab_size", "train_steps", "train_loss_first",
-        "train_loss_last", "metrics": {split: evaluate_vqa(...)}, "baselines": {split: {...}} (shapes world)}.
+        The `FinetuneResult` (also in `metrics.json`): `metrics` {split: evaluate_vqa(...)}; `info`
+        {"answer_vocab_size", "baselines": {split: {...}} (shapes world)}.
     """
     config = config if config is not None else VQAConfig()
     data = VQAData.resolve(setup_or_paths)
@@ -536,11 +536,20 @@ def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_
     train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
                                      flip=False)
     train_set = ConcatDataset([s.dataset(vocab, train_tf) for s in data.train])
-    return finetune_eval_splits("vqa", model, vqa_loss, train_set,
-                                VQACollator(tokenizer, model.config.max_text_length), tokenizer, data, config,
-                                Path(output_dir), trainer_overrides, evaluate_vqa, eval_fn=eval_fn, resume=resume,
-                                scorable=lambda split: split.annotations is not None,
-                                extra={"answer_vocab_size": len(vocab)}, checkpoint=checkpoint)
+
+    def scorer(name: str, split: VQASplit):
+        def score(m: VQAModel, out: Path | None, num_workers: int) -> dict[str, Any]:
+            return evaluate_vqa(m, tokenizer, split, name, None if out is None else out / "results",
+                                batch_size=config.eval_batch_size, num_workers=num_workers)
+        return score
+
+    scorers = {name: scorer(name, split) for name, split in data.eval.items()}
+    first = next(iter(data.eval), None)  # its accuracy is logged during training (eval_every > 0)
+    return run_finetune("vqa", model, vqa_loss, train_set, VQACollator(tokenizer, model.config.max_text_length),
+                        config, output_dir, config.trainer_config(output_dir, trainer_overrides), scorers=scorers,
+                        watch=first if first is not None and data.eval[first].annotations is not None else None,
+                        checkpoint=checkpoint, resume=resume,
+                        info={"answer_vocab_size": len(vocab), "baselines": data.baselines})
 
 
 def evaluate_finetuned(model_dir: str | Path, data="shapes", split: str | None = None,

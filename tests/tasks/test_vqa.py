@@ -159,7 +159,7 @@ def test_pretraining_checkpoint_loads_and_names_the_new_head(tmp_path, setup, vo
     loaded, original = task.e2evlp.state_dict(), e2evlp.state_dict()
     assert loaded.keys() == original.keys() and all(torch.equal(loaded[k], original[k]) for k in original)
     assert task.head.classifier.out_features == len(vocab)
-    with pytest.raises(FileNotFoundError, match="not a model saved by VQAModel.save_pretrained"):
+    with pytest.raises(FileNotFoundError, match="holds a pretrained E2EVLP.*VQAModel.from_checkpoint"):
         VQAModel.from_pretrained(tmp_path / "pre")
 
 

@@ -31,6 +31,7 @@ from ..checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     atomic_write,
+    load_model_config,
     load_weights,
     read_metadata,
     save_model_config,
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "e2evlp.backbone.trunk."  # the ResNet trunk inside a TaskModel (DETR's backbone lr group)
 TOKENIZER_DIR = "tokenizer"
+TASK_JSON = "task.json"  # the task-model folder's own record (TaskModel)
 # Image sizes (VQA, NLVR2): DETR's / E2E-VLP's for real images, the demo recipe's for the 128-px shapes world.
 IMAGE_DEFAULTS = {"files": {"train_scales": list(range(480, 801, 32)), "max_size": 1333, "eval_size": 800},
                   "shapes": {"train_scales": [128], "max_size": 160, "eval_size": 128}}
@@ -244,13 +246,28 @@ def fresh_overrides(data: Any, tokenizer) -> dict[str, Any]:
 class TaskModel(nn.Module):
     """A pretrained `E2EVLP` (`self.e2evlp`) plus a task head (`self.head`).
 
-    Subclasses implement `forward(batch)` returning a `TaskOutput` (or, for detection, a `DetectionOutput`).
-    `from_checkpoint` builds the wrapper around pretrained weights and logs (and keeps, in `new_parameters`) the
-    names of the head's parameters, which start from their initialisation. `recipe_file` names the file in which
-    `save_pretrained(directory, config)` records the fine-tuning recipe.
+    Subclasses implement `forward(batch)` returning a `TaskOutput` (or, for detection, a `DetectionOutput`),
+    `arguments()` (the JSON-able construction arguments beyond the E2EVLP and the tokenizer: head sizes, image
+    sizes) and `from_arguments` (the reverse). `from_checkpoint` builds the wrapper around pretrained weights and
+    logs (and keeps, in `new_parameters`) the names of the head's parameters, which start from their
+    initialisation.
+
+    One folder format for every task (`save_pretrained` / `from_pretrained`):
+
+        config.json         the E2EVLP config
+        model.safetensors   E2EVLP and head weights (under e2evlp./head.), the model class in the metadata
+        task.json           {"task": registered name, "model_class", "arguments": arguments(), "recipe": the
+                            fine-tuning recipe or null}
+        tokenizer/          when the model has a tokenizer
+        ...                 a task's own data files (VQA: answer_vocab.json)
+
+    Folders written before `task.json` existed (their weights name the model class; `<task>_task.json` /
+    `<task>_config.json` beside them) still load: the subclass's `legacy_files` and `legacy_arguments` read them.
     """
 
-    recipe_file: ClassVar[str | None] = None
+    task_name: ClassVar[str] = ""
+    #: (file with construction arguments or None, recipe file) of folders written before task.json
+    legacy_files: ClassVar[tuple[str | None, str | None]] = (None, None)
 
     def __init__(self, e2evlp: E2EVLP, head: nn.Module) -> None:
         super().__init__()
@@ -268,10 +285,17 @@ class TaskModel(nn.Module):
                            type(self).__name__, ", ".join(self.new_parameters))
         return self.new_parameters
 
+    def arguments(self) -> dict[str, Any]:
+        """The construction arguments `from_arguments` takes back (JSON-able)."""
+        return {}
+
+    @classmethod
+    def from_arguments(cls, e2evlp: E2EVLP, tokenizer, arguments: dict[str, Any], directory: Path) -> TaskModel:
+        """The model around `e2evlp` from saved `arguments` (`directory`: the folder, for a task's data files)."""
+        raise NotImplementedError(f"{cls.__name__}.from_arguments")
+
     def save_pretrained(self, directory: str | Path, config: TaskConfig | None = None) -> Path:
-        """`config.json` (the E2EVLP config) + `model.safetensors` (E2EVLP and head, under e2evlp./head., with the
-        task class in the metadata), `tokenizer/` when the model has one, and the recipe `config` (when given) in
-        `recipe_file`."""
+        """Write the task-model folder (see the class docstring); `config`: the recipe recorded in task.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_model_config(self.config, directory / CONFIG_NAME)
@@ -279,37 +303,82 @@ class TaskModel(nn.Module):
                                                                "task": type(self).__name__})
         if getattr(self, "tokenizer", None) is not None:
             save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
-        if config is not None and self.recipe_file:
-            write_json(directory / self.recipe_file, config.to_dict())
+        write_json(directory / TASK_JSON, {"task": self.task_name, "model_class": type(self).__name__,
+                                           "arguments": self.arguments(),
+                                           "recipe": None if config is None else config.to_dict()})
         return directory
 
-    def load_task_weights(self, directory: str | Path) -> None:
-        """Load weights written by `save_pretrained` of the same task (strict: names every mismatch)."""
-        load_weights(self, Path(directory) / WEIGHTS_NAME, strict=True)
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, tokenizer=None, **arguments: Any) -> TaskModel:
+        """Load a folder written by `save_pretrained` of this class (strictly: every weight must fit).
 
-    @staticmethod
-    def saved_tokenizer(directory: str | Path):
-        """The tokenizer `save_pretrained` wrote in `directory/tokenizer`, or None."""
-        folder = Path(directory) / TOKENIZER_DIR
-        return load_tokenizer(folder) if folder.is_dir() else None
+        Args:
+            tokenizer: replaces the saved one. arguments: replace saved construction arguments (e.g. `eval_size`);
+                None values are ignored.
+        Raises:
+            FileNotFoundError: not a task-model folder. ValueError: a folder of another task (both named).
+        """
+        directory = Path(directory)
+        record = cls.task_record(directory)
+        if record["model_class"] != cls.__name__:
+            raise ValueError(f"{directory} holds a {record['model_class']}, not a {cls.__name__}: load it with "
+                             f"{record['model_class']}.from_pretrained (or vlpkit.inference.E2EVLPPredictor)")
+        saved = dict(record["arguments"])
+        saved.update({k: v for k, v in arguments.items() if v is not None})
+        e2evlp = build_e2evlp(load_model_config(directory / CONFIG_NAME))
+        model = cls.from_arguments(e2evlp, tokenizer if tokenizer is not None else saved_tokenizer(directory), saved,
+                                   directory)
+        load_weights(model, directory / WEIGHTS_NAME, strict=True)
+        model.new_parameters = []
+        return model
 
     @classmethod
-    def read_task_file(cls, directory: str | Path, name: str) -> dict[str, Any]:
-        """The JSON `directory/name` that `save_pretrained` of this task writes, or a `FileNotFoundError`."""
-        path = Path(directory) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {directory} is not a model saved by "
-                                    f"{cls.__name__}.save_pretrained (for a pretraining checkpoint use "
-                                    "from_checkpoint)")
-        return json.loads(path.read_text())
+    def task_record(cls, directory: str | Path) -> dict[str, Any]:
+        """The folder's task.json; for a folder written before task.json existed, the same record built from the
+        model class its weights name and that class's `legacy_files`.
+
+        Raises:
+            FileNotFoundError: not a task-model folder (a pretraining checkpoint, or no weights; named).
+        """
+        directory = Path(directory)
+        path = directory / TASK_JSON
+        if path.is_file():
+            return json.loads(path.read_text())
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} not found: {directory} is not a task-model folder (no {TASK_JSON}, "
+                                    f"no {WEIGHTS_NAME})")
+        held = read_metadata(weights).get("task")
+        if held is None:
+            raise FileNotFoundError(f"{directory} holds a pretrained E2EVLP, not a fine-tuned task model: wrap it "
+                                    f"with {cls.__name__}.from_checkpoint")
+        if held != cls.__name__:
+            return {"task": None, "model_class": held, "arguments": {}, "recipe": None}
+        arguments_file, recipe_file = cls.legacy_files
+        if arguments_file and not (directory / arguments_file).is_file():
+            raise FileNotFoundError(f"{directory} holds {held} weights but neither {TASK_JSON} nor {arguments_file}")
+        stored = json.loads((directory / arguments_file).read_text()) if arguments_file else {}
+        recipe_path = directory / recipe_file if recipe_file else None
+        recipe = json.loads(recipe_path.read_text()) if recipe_path is not None and recipe_path.is_file() else None
+        return {"task": cls.task_name, "model_class": held, "arguments": cls.legacy_arguments(stored, recipe),
+                "recipe": recipe}
+
+    @classmethod
+    def legacy_arguments(cls, stored: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:
+        """`arguments()` of a legacy folder from its arguments file (`stored`) and recipe."""
+        return {k: v for k, v in stored.items() if k != "task"}
 
     @classmethod
     def load_recipe(cls, directory: str | Path, config_cls: type):
-        """The recipe `save_pretrained(directory, config)` recorded, as a `config_cls`; None when there is none."""
-        path = Path(directory) / cls.recipe_file if cls.recipe_file else None
-        if path is None or not path.is_file():
-            return None
-        return config_cls.from_dict(json.loads(path.read_text()))
+        """The recipe the folder records, as a `config_cls`; None when there is none."""
+        recipe = cls.task_record(directory).get("recipe")
+        return None if recipe is None else config_cls.from_dict(recipe)
+
+
+def saved_tokenizer(directory: str | Path):
+    """The tokenizer `save_pretrained` wrote in `directory/tokenizer`, or None."""
+    folder = Path(directory) / TOKENIZER_DIR
+    return load_tokenizer(folder) if folder.is_dir() else None
 
 
 def move_batch(batch, device: torch.device):
@@ -340,8 +409,8 @@ def load_finetuned(model_cls: type[TaskModel], config_cls: type, path: str | Pat
     if not isinstance(config, config_cls):
         recorded = model_cls.load_recipe(model_dir, config_cls)
         if recorded is None:
-            logger.warning("%s records no fine-tuning recipe (%s); evaluating with the default %s", model_dir,
-                           model_cls.recipe_file, config_cls.__name__)
+            logger.warning("%s records no fine-tuning recipe; evaluating with the default %s", model_dir,
+                           config_cls.__name__)
             recorded = config_cls()
         config = recorded.replace(**dict(config or {}))
     return model.eval(), config

@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.raw_images import as_image_list, prepare_images
 from ..data.readers import CocoCaptions, KarpathyDataset
@@ -63,7 +61,6 @@ from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 DETR_TRAIN_SCALES = tuple(range(480, 801, 32))
-RECIPE_FILE = "captioning_config.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,10 +298,11 @@ class CaptionModel(TaskModel):
     """E2EVLP fine-tuned for captioning. No new parameter: the head is the pretrained caption LM head.
 
     `tokenizer` (for `caption`) and the evaluation image size are kept on the instance, not in the weights;
-    `save_pretrained(directory, config)` records them (tokenizer/, the recipe in `captioning_config.json`).
+    `save_pretrained(directory, config)` records them (tokenizer/, `task.json`).
     """
 
-    recipe_file = RECIPE_FILE
+    task_name = "caption"
+    legacy_files = (None, "captioning_config.json")
 
     def __init__(self, e2evlp: E2EVLP, tokenizer=None, eval_size: int = 800, max_size: int = 1333) -> None:
         super().__init__(e2evlp, nn.Identity())
@@ -319,18 +317,17 @@ class CaptionModel(TaskModel):
         model.report_new_parameters()  # empty: the caption head was trained in pretraining
         return model
 
+    def arguments(self) -> dict[str, Any]:
+        return {"eval_size": self.eval_size, "max_size": self.max_size}
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int | None = None,
-                        max_size: int | None = None) -> CaptionModel:
-        """Load a fine-tuned captioner written by `save_pretrained`, with its tokenizer from `directory/tokenizer`
-        and, unless given, the evaluation image size of its recorded recipe (else 800 / 1333)."""
-        directory = Path(directory)
-        recipe = cls.load_recipe(directory, CaptioningConfig) or CaptioningConfig()
-        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)),
-                    tokenizer if tokenizer is not None else cls.saved_tokenizer(directory),
-                    eval_size or recipe.eval_size, max_size or recipe.max_size)
-        model.load_task_weights(directory)
-        return model
+    def from_arguments(cls, e2evlp: E2EVLP, tokenizer, arguments: dict[str, Any], directory: Path) -> CaptionModel:
+        return cls(e2evlp, tokenizer, arguments["eval_size"], arguments["max_size"])
+
+    @classmethod
+    def legacy_arguments(cls, stored: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:
+        recipe = CaptioningConfig.from_dict(recipe or {})
+        return {"eval_size": recipe.eval_size, "max_size": recipe.max_size}
 
     def forward(self, batch: Batch) -> TaskOutput:
         """Teacher-forced next-token logits from the image alone.

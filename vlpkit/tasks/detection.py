@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, atomic_write, load_model_config
+from ..checkpoint import atomic_write
 from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.coco import CocoWithCaptions
@@ -53,14 +53,12 @@ from .base import (
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
-    write_json,
 )
 from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
 logger = logging.getLogger(__name__)
 
-TASK_CONFIG_NAME = "detection_config.json"
 CLASS_HEAD = ("e2evlp.detection_head.class_embed.bias", "e2evlp.detection_head.class_embed.weight")
 
 __all__ = ["DetectionConfig", "DetectionModel", "DetectionSplit", "DetectionDataset", "DetectionCollator",
@@ -133,7 +131,8 @@ class DetectionModel(TaskModel):
     the typed `DetectionOutput` of the model.
     """
 
-    recipe_file = TASK_CONFIG_NAME
+    task_name = "detection"
+    legacy_files = (None, "detection_config.json")
 
     def __init__(self, e2evlp: E2EVLP, paired_text: bool = True) -> None:
         super().__init__(e2evlp, nn.Identity())
@@ -208,25 +207,16 @@ class DetectionModel(TaskModel):
         """DETR predictions: pred_logits [B, Q, K+1], pred_boxes [B, Q, 4] normalised cxcywh, aux_outputs."""
         return self.e2evlp.detect(self.encode(batch))
 
-    def save_pretrained(self, directory: str | Path, config: DetectionConfig | None = None) -> Path:
-        """`config.json` + `model.safetensors` (TaskModel) + `detection_config.json` (the recipe; paired_text is
-        the model's)."""
-        directory = super().save_pretrained(directory)
-        write_json(directory / TASK_CONFIG_NAME, {**(config or DetectionConfig()).to_dict(),
-                                                  "paired_text": self.paired_text})
-        return directory
+    def arguments(self) -> dict[str, Any]:
+        return {"paired_text": self.paired_text}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> DetectionModel:
-        """Load a folder written by `save_pretrained` (strict)."""
-        directory = Path(directory)
-        task_file = directory / TASK_CONFIG_NAME
-        if not task_file.is_file():
-            raise FileNotFoundError(f"{task_file} not found: {directory} is not a DetectionModel folder")
-        paired_text = DetectionConfig.from_dict(json.loads(task_file.read_text())).paired_text
-        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)), paired_text)
-        model.load_task_weights(directory)
-        return model
+    def from_arguments(cls, e2evlp: E2EVLP, tokenizer, arguments: dict[str, Any], directory: Path) -> DetectionModel:
+        return cls(e2evlp, arguments["paired_text"])
+
+    @classmethod
+    def legacy_arguments(cls, stored: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:
+        return {"paired_text": DetectionConfig.from_dict(recipe or {}).paired_text}
 
 
 # ---- data ------------------------------------------------------------------------------------------------

@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, load_model_config
 from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.nlvr2 import NLVR2Dataset
@@ -51,13 +49,10 @@ from .base import (
     load_e2evlp,
     load_finetuned,
     mean_by_group,
-    write_json,
 )
 from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
-TASK_FILE = "nlvr2_task.json"
-RECIPE_FILE = "nlvr2_config.json"
 SPLIT_ALIASES = {"val": "dev", "test": "test1"}  # `evaluate --split val|test`: NLVR2's dev and test-P
 
 
@@ -209,7 +204,8 @@ class NLVR2Model(TaskModel):
     Build it with `from_checkpoint` (pretrained E2EVLP, new head) or `from_pretrained` (a saved NLVR2 model).
     """
 
-    recipe_file = RECIPE_FILE
+    task_name = "nlvr2"
+    legacy_files = ("nlvr2_task.json", "nlvr2_config.json")
 
     def __init__(self, e2evlp: E2EVLP, tokenizer=None, eval_size: int = 800, max_size: int = 1333) -> None:
         super().__init__(e2evlp, NLVR2Head(e2evlp.config.d_model, e2evlp.config.layer_norm_eps))
@@ -277,23 +273,12 @@ class NLVR2Model(TaskModel):
             model.report_new_parameters()
         return model
 
-    def save_pretrained(self, directory: str | Path, config: NLVR2Config | None = None) -> Path:
-        """E2EVLP config + weights (with the head), `tokenizer/`, `nlvr2_task.json` (image sizes) and, when given,
-        the fine-tuning recipe in `nlvr2_config.json`."""
-        directory = super().save_pretrained(directory, config)
-        write_json(directory / TASK_FILE, {"task": "nlvr2", "eval_size": self.eval_size, "max_size": self.max_size})
-        return directory
+    def arguments(self) -> dict[str, Any]:
+        return {"eval_size": self.eval_size, "max_size": self.max_size}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> NLVR2Model:
-        """Load a model written by `NLVR2Model.save_pretrained` (strictly: every weight must fit)."""
-        task = cls.read_task_file(directory, TASK_FILE)
-        directory = Path(directory)
-        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)), cls.saved_tokenizer(directory),
-                    task["eval_size"], task["max_size"])
-        model.load_task_weights(directory)
-        model.new_parameters = []
-        return model
+    def from_arguments(cls, e2evlp: E2EVLP, tokenizer, arguments: dict[str, Any], directory: Path) -> NLVR2Model:
+        return cls(e2evlp, tokenizer, arguments["eval_size"], arguments["max_size"])
 
 
 # ---- loss ------------------------------------------------------------------------------------------------

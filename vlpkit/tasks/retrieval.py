@@ -32,8 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, load_model_config
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.masking import normalise_caption
 from ..data.raw_images import as_image_list, prepare_images
@@ -67,7 +65,6 @@ logger = logging.getLogger(__name__)
 NEGATIVE_SAMPLING = ("random", "hard")
 HEAD_INITS = ("itm", "random")
 EVAL_MODES = ("full", "rerank")
-RECIPE_FILE = "retrieval_config.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,10 +190,11 @@ class RetrievalModel(TaskModel):
     """E2EVLP + `RetrievalHead` (new parameters `head.pooler.*`, `head.classifier.*`).
 
     `tokenizer` (for `match`) and the evaluation image size are kept on the instance, not in the weights;
-    `save_pretrained(directory, config)` records them (tokenizer/, the recipe in `retrieval_config.json`).
+    `save_pretrained(directory, config)` records them (tokenizer/, `task.json`).
     """
 
-    recipe_file = RECIPE_FILE
+    task_name = "retrieval"
+    legacy_files = (None, "retrieval_config.json")
 
     def __init__(self, e2evlp: E2EVLP, tokenizer=None, head_init: str = "itm", eval_size: int = 800,
                  max_size: int = 1333, max_text_length: int = DEFAULT_MAX_TEXT_LENGTH) -> None:
@@ -221,18 +219,19 @@ class RetrievalModel(TaskModel):
             logger.info("RetrievalModel: the head starts as the pretrained ITM head's log-odds (matched - unmatched)")
         return model
 
+    def arguments(self) -> dict[str, Any]:
+        return {"eval_size": self.eval_size, "max_size": self.max_size, "max_text_length": self.max_text_length}
+
     @classmethod
-    def from_pretrained(cls, directory: str | Path, tokenizer=None, eval_size: int | None = None,
-                        max_size: int | None = None) -> RetrievalModel:
-        """Load a fine-tuned model written by `save_pretrained`, with its tokenizer from `directory/tokenizer` and,
-        unless given, the evaluation image size and text length of its recorded recipe (else 800 / 1333)."""
-        directory = Path(directory)
-        recipe = cls.load_recipe(directory, RetrievalConfig) or RetrievalConfig()
-        model = cls(build_e2evlp(load_model_config(directory / CONFIG_NAME)),
-                    tokenizer if tokenizer is not None else cls.saved_tokenizer(directory), "random",
-                    eval_size or recipe.eval_size, max_size or recipe.max_size, recipe.max_text_length)
-        model.load_task_weights(directory)
-        return model
+    def from_arguments(cls, e2evlp: E2EVLP, tokenizer, arguments: dict[str, Any], directory: Path) -> RetrievalModel:
+        # "random": the head's initialisation does not matter, its trained weights are loaded next
+        return cls(e2evlp, tokenizer, "random", arguments["eval_size"], arguments["max_size"],
+                   arguments["max_text_length"])
+
+    @classmethod
+    def legacy_arguments(cls, stored: dict[str, Any], recipe: dict[str, Any] | None) -> dict[str, Any]:
+        recipe = RetrievalConfig.from_dict(recipe or {})
+        return {"eval_size": recipe.eval_size, "max_size": recipe.max_size, "max_text_length": recipe.max_text_length}
 
     def score(self, encoding: EncoderOutput) -> torch.Tensor:
         """[B] matching logits of the encoded pairs (higher = better match)."""

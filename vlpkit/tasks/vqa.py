@@ -31,8 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from ..builder import build_e2evlp
-from ..checkpoint import CONFIG_NAME, load_model_config
 from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.vqa import VQADataset, build_answer_vocab
@@ -65,8 +63,6 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
 from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
-TASK_FILE = "vqa_task.json"
-RECIPE_FILE = "vqa_config.json"
 VOCAB_FILE = "answer_vocab.json"
 
 
@@ -271,7 +267,8 @@ class VQAModel(TaskModel):
     Build it with `from_checkpoint` (pretrained E2EVLP, new head) or `from_pretrained` (a saved VQA model).
     """
 
-    recipe_file = RECIPE_FILE
+    task_name = "vqa"
+    legacy_files = ("vqa_task.json", "vqa_config.json")
 
     def __init__(self, e2evlp: E2EVLP, answer_vocab: Vocab, tokenizer=None, hidden_multiplier: int = 2,
                  eval_size: int = 800, max_size: int = 1333) -> None:
@@ -354,26 +351,20 @@ class VQAModel(TaskModel):
             model.report_new_parameters()
         return model
 
-    def save_pretrained(self, directory: str | Path, config: VQAConfig | None = None) -> Path:
-        """E2EVLP config + weights (with the head), `tokenizer/`, `answer_vocab.json`, `vqa_task.json` (head and
-        image sizes) and, when given, the fine-tuning recipe in `vqa_config.json`."""
-        directory = super().save_pretrained(directory, config)
-        self.answer_vocab.save(directory / VOCAB_FILE)
-        write_json(directory / TASK_FILE, {"task": "vqa", "hidden_multiplier": self.hidden_multiplier,
-                                           "eval_size": self.eval_size, "max_size": self.max_size})
-        return directory
+    def arguments(self) -> dict[str, Any]:
+        return {"hidden_multiplier": self.hidden_multiplier, "eval_size": self.eval_size, "max_size": self.max_size}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> VQAModel:
-        """Load a model written by `VQAModel.save_pretrained` (strictly: every weight must fit)."""
-        task = cls.read_task_file(directory, TASK_FILE)
-        directory = Path(directory)
-        e2evlp = build_e2evlp(load_model_config(directory / CONFIG_NAME))
-        model = cls(e2evlp, Vocab.load(directory / VOCAB_FILE), cls.saved_tokenizer(directory),
-                    task["hidden_multiplier"], task["eval_size"], task["max_size"])
-        model.load_task_weights(directory)
-        model.new_parameters = []
-        return model
+    def from_arguments(cls, e2evlp: E2EVLP, tokenizer, arguments: dict[str, Any], directory: Path) -> VQAModel:
+        return cls(e2evlp, Vocab.load(directory / VOCAB_FILE), tokenizer, arguments["hidden_multiplier"],
+                   arguments["eval_size"], arguments["max_size"])
+
+    def save_pretrained(self, directory: str | Path, config: VQAConfig | None = None) -> Path:
+        """The task-model folder (`TaskModel`) with the answer vocabulary in `answer_vocab.json`."""
+        directory = super().save_pretrained(directory, config)
+        self.answer_vocab.save(directory / VOCAB_FILE)
+        return directory
+
 
 
 # ---- loss ------------------------------------------------------------------------------------------------

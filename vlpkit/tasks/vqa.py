@@ -33,6 +33,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
+from ..data.raw_images import prepare_images
 from ..data.readers.vqa import VQADataset, build_answer_vocab
 from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
@@ -301,7 +302,8 @@ class VQAModel(TaskModel):
         """The `k` best answers per question, best first.
 
         Args:
-            images: PIL images or uint8 tensors [3, H, W] (converted and resized by `eval_transforms`).
+            images: PIL images, uint8 tensors [3, H, W] or float tensors in [0, 1] (prepared by
+                `vlpkit.data.raw_images.prepare_images` with `eval_transforms`, as the predictor does).
             questions: one question per image.
         """
         if self.tokenizer is None:
@@ -321,11 +323,10 @@ class VQAModel(TaskModel):
         try:
             for start in range(0, len(images), batch_size):
                 chunk = range(start, min(len(images), start + batch_size))
-                pixels = [self.eval_transforms(images[i], {"image_id": i}, None)[0] for i in chunk]
-                pixel_values, pixel_mask = collate_images(pixels)
+                prepared = prepare_images(images[chunk.start:chunk.stop], self.eval_transforms, chunk.start)
                 ids, mask, types = collate_texts([questions[i] for i in chunk], self.tokenizer,
                                                  self.config.max_text_length)
-                batch = Batch(pixel_values, pixel_mask, ids, mask, types, targets=[]).to(device)
+                batch = Batch(prepared.pixel_values, prepared.pixel_mask, ids, mask, types, targets=[]).to(device)
                 logits, index = self(batch).logits.float().topk(k, dim=-1)  # on logits: sigmoid ties at 1.0 in float32
                 scores = logits.sigmoid()
                 out += [[VQAPrediction(self.answer_vocab[j], s) for j, s in zip(row_i, row_s)]
@@ -335,7 +336,7 @@ class VQAModel(TaskModel):
         return out
 
     def answer(self, images: Sequence, questions: Sequence[str], batch_size: int = 32) -> list[VQAPrediction]:
-        """The best answer to each question about its image (PIL images or uint8 tensors [3, H, W])."""
+        """The best answer to each question about its image (images as `top_answers` takes them)."""
         return [top[0] for top in self.top_answers(images, questions, 1, batch_size)]
 
     # ---- construction and persistence ------------------------------------------------------------------

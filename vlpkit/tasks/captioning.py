@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -503,8 +503,7 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
                                          config.max_size)
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
-    scorers = {split: functools.partial(_score, data, split, config) for split in (config.val_split, config.test_split)
-               if split in data.splits}
+    scorers = split_scorers(evaluate_captioning, data, config)
     return run_finetune("caption", model, functools.partial(captioning_loss, label_smoothing=config.label_smoothing),
                         data.split(config.train_split).reader("caption", train_tf),
                         CaptionCollator(data.tokenizer, config.max_caption_length), config, output_dir,
@@ -513,10 +512,16 @@ def finetune_captioning(checkpoint, setup_or_paths, output_dir: str | Path,
                         checkpoint=checkpoint, resume=resume)
 
 
-def _score(data, split: str, config: CaptioningConfig, model: CaptionModel, out: Path | None,
+def split_scorers(evaluate: Callable, data: CaptionData, config: Any) -> dict[str, Callable]:
+    """`run_finetune` scorers of the recipe's val and test splits that `data` has (captioning, retrieval):
+    `evaluate(model, data.tokenizer, data, split, out, config)` (its loader workers are the recipe's)."""
+    return {split: functools.partial(_score, evaluate, data, split, config)
+            for split in (config.val_split, config.test_split) if split in data.splits}
+
+
+def _score(evaluate: Callable, data: CaptionData, split: str, config: Any, model: TaskModel, out: Path | None,
            num_workers: int) -> dict[str, Any]:
-    """A `run_finetune` scorer: `evaluate_captioning` of `split` (its loader workers are the recipe's)."""
-    return evaluate_captioning(model, data.tokenizer, data, split, out, config)
+    return evaluate(model, data.tokenizer, data, split, out, config)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

@@ -56,6 +56,7 @@ from .captioning import (
     CaptionData,
     caption_data,
     load_task_e2evlp,
+    split_scorers,
 )
 from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
@@ -652,19 +653,12 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
     train_set = RetrievalTrainDataset(data.split(config.train_split).reader("image", train_tf), config.seed)
-    scorers = {split: functools.partial(_score, data, split, config) for split in (config.val_split, config.test_split)
-               if split in data.splits}
+    scorers = split_scorers(evaluate_retrieval, data, config)
     return run_finetune("retrieval", model, functools.partial(retrieval_loss, config=config), train_set,
                         RetrievalCollator(data.tokenizer, config.max_text_length), config, output_dir,
                         config.trainer_config(output_dir, trainer_overrides), scorers=scorers,
                         watch=config.val_split if config.val_split in scorers else None, watch_writes=True,
                         checkpoint=checkpoint, resume=resume)
-
-
-def _score(data, split: str, config: RetrievalConfig, model: RetrievalModel, out: Path | None,
-           num_workers: int) -> dict[str, Any]:
-    """A `run_finetune` scorer: `evaluate_retrieval` of `split` (its loader workers are the recipe's)."""
-    return evaluate_retrieval(model, data.tokenizer, data, split, out, config)
 
 
 def evaluate_finetuned(model_dir: str | Path, data, split: str | None = None, output_dir: str | Path | None = None,

@@ -20,7 +20,7 @@ import torch
 from benchmarks.conftest import pick
 from vlpkit.builder import build_e2evlp
 from vlpkit.generation import generate
-from vlpkit.models.outputs import EncoderOutput
+from vlpkit.outputs import EncoderOutput
 
 PRESETS = pick(["e2evlp-tiny"], ["e2evlp-tiny", "e2evlp-6-r50"])
 BATCHES = pick([2], [8, 32])

@@ -1,5 +1,6 @@
 """The package's import graph (every import statement of every module, function-level ones included) has no
-circles: a module never needs, directly or through others, a module that needs it."""
+circles: a module never needs, directly or through others, a module that needs it; and no layer imports one above
+it (`LAYERS`)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,23 @@ def test_graph_is_read_from_the_code():
 def test_no_import_circles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+# package -> the packages it must not import (directly): the layers from the shared vocabulary up to the jobs
+LAYERS = {
+    "vlpkit.outputs": ("vlpkit.",),  # the typed outputs every layer shares import no other vlpkit module
+    "vlpkit.generation": ("vlpkit.models", "vlpkit.tasks", "vlpkit.pretraining", "vlpkit.engine",
+                          "vlpkit.inference"),
+    "vlpkit.models": ("vlpkit.tasks", "vlpkit.pretraining", "vlpkit.inference", "vlpkit.cli", "vlpkit.demo"),
+    "vlpkit.tasks": ("vlpkit.pretraining", "vlpkit.cli", "vlpkit.demo"),
+}
+
+
+def test_no_import_reaches_up_a_layer():
+    graph = import_graph()
+    wrong = [f"{module} imports {target}" for module, targets in graph.items() for target in sorted(targets)
+             for layer, forbidden in LAYERS.items()
+             if (module == layer or module.startswith(layer + ".")) and target.startswith(forbidden)
+             and not (target == layer or target.startswith(layer + "."))]
+    assert not wrong, "\n".join(wrong)
+    assert "vlpkit.generation" in graph["vlpkit.models.e2evlp"]  # the model's generate: a downward import

@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as F
 from vlpkit import build_e2evlp
 from vlpkit.data import collate_images, collate_texts, make_eval_transforms, save_tokenizer
 from vlpkit.inference import E2EVLPPredictor, load_labels, locate_pretrained, save_labels
-from vlpkit.models.outputs import DetectionOutput
+from vlpkit.outputs import DetectionOutput
 from vlpkit.pretraining.shapes import prepare_shapes
 
 SIZE, MAX_SIZE = 64, 96

@@ -22,7 +22,7 @@ from torch import nn
 from .models.backbone import mask_from_sizes, valid_sizes_at_stride
 from .models.decoder import DecoderCache
 from .models.e2evlp import E2EVLP
-from .models.outputs import EncoderOutput
+from .outputs import EncoderOutput
 
 __all__ = ["DecodeStepForExport", "DetectorForExport", "cache_to_tensors", "export_decode_step",
            "export_detector"]

@@ -10,7 +10,7 @@ import torch
 
 from vlpkit.builder import build_e2evlp
 from vlpkit.generation import CachedCaptionStep, beam_search, generate, greedy_search, length_penalty
-from vlpkit.models.outputs import GenerationOutput
+from vlpkit.outputs import GenerationOutput
 
 VOCAB = 12
 

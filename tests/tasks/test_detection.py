@@ -14,7 +14,7 @@ from vlpkit import build_e2evlp
 from vlpkit.data import save_tokenizer
 from vlpkit.engine.optim import param_groups
 from vlpkit.inference import E2EVLPPredictor
-from vlpkit.models.outputs import DetectionOutput
+from vlpkit.outputs import DetectionOutput
 from vlpkit.pretraining.shapes import prepare_shapes
 from vlpkit.tasks.detection import (
     CLASS_HEAD,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.outputs import GenerationOutput
+from ..outputs import GenerationOutput
 from .constraints import LogProbFn, ReorderFn, check_search_arguments, checked_logprobs, constrain_logprobs
 from .length_penalty import length_penalty as penalty_divisor
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.outputs import EncoderOutput, GenerationOutput
+from ..outputs import EncoderOutput, GenerationOutput
 from .beam_search import beam_search
 from .greedy import greedy_search
 

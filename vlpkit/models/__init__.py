@@ -1,5 +1,6 @@
 """The blocks of E2E-VLP, each in its own file."""
 
+from ..outputs import DetectionOutput, E2EVLPOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .attention import MultiHeadAttention
 from .backbone import GridFeatureExtractor, build_resnet_trunk
 from .decoder import DecoderCache, DecoderLayer, SharedDecoder
@@ -7,7 +8,6 @@ from .e2evlp import E2EVLP
 from .encoder import CrossModalEncoder, EncoderLayer
 from .feedforward import MLP, FeedForward
 from .heads import DetectionHead, ITMHead, Pooler, TiedLMHead
-from .outputs import DetectionOutput, E2EVLPOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .position import PositionEmbeddingLearned, PositionEmbeddingSine
 from .text_embeddings import TextEmbeddings
 

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..config import E2EVLPConfig
+from ..generation import generate
+from ..outputs import DetectionOutput, E2EVLPOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .backbone import GridFeatureExtractor
 from .decoder import DecoderCache, SharedDecoder
 from .encoder import CrossModalEncoder
 from .heads import DetectionHead, ITMHead, TiedLMHead
-from .outputs import DetectionOutput, E2EVLPOutput, EncoderOutput, GenerationOutput, ImageEmbedding
 from .spatial_prior import gaussian_attention_bias, grid_cell_centres
 from .text_embeddings import TextEmbeddings
 
@@ -204,8 +205,6 @@ class E2EVLP(nn.Module):
     def generate(self, pixel_values: torch.Tensor | None = None, pixel_mask: torch.Tensor | None = None,
                  encoding: EncoderOutput | None = None, **kwargs) -> GenerationOutput:
         """Caption images (or an existing image-only encoding); see `vlpkit.generation.generate` for options."""
-        from ..generation import generate
-
         if encoding is None:
             if pixel_values is None:
                 raise ValueError("generate needs pixel_values or an encoding")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.batch import collate_texts
-from ..models.outputs import ImageEmbedding
+from ..outputs import ImageEmbedding
 
 
 @dataclass

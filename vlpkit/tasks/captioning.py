@@ -43,8 +43,8 @@ from ..metrics.captioning import (
     write_caption_results,
 )
 from ..models import E2EVLP
-from ..models.outputs import GenerationOutput
 from ..ops.distributed import gather_shards, reduce_counts, shard_range
+from ..outputs import GenerationOutput
 from ..yamlio import load_yaml_file
 from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public here too)
     BACKBONE_PREFIX,

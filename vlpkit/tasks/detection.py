@@ -44,8 +44,8 @@ from ..losses import SetCriterion
 from ..metrics.detection import evaluate_detections, to_coco_results
 from ..model_folder import load_labels, locate_pretrained, save_labels, save_preprocessing
 from ..models import E2EVLP
-from ..models.outputs import DetectionOutput, EncoderOutput
 from ..ops import HungarianMatcher, gather_shards, postprocess_detections, shard_range
+from ..outputs import DetectionOutput, EncoderOutput
 from ..yamlio import load_yaml_file
 from .base import (
     TaskConfig,

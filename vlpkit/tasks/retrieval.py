@@ -41,8 +41,8 @@ from ..losses.circle import circle_loss
 from ..metrics.retrieval import RetrievalResult, retrieval_recall
 from ..models import E2EVLP
 from ..models.heads import ITMHead, Pooler
-from ..models.outputs import EncoderOutput, ImageEmbedding
 from ..ops.distributed import gather_shards, shard_range
+from ..outputs import EncoderOutput, ImageEmbedding
 from .base import (
     TaskConfig,
     TaskModel,

@@ -1,4 +1,5 @@
-"""Typed outputs of `E2EVLP`."""
+"""Typed outputs of `E2EVLP` and of caption generation: the vocabulary every layer shares (the models produce
+them, `vlpkit.generation` and the tasks read them), so it sits below all of them and imports only torch."""
 
 from __future__ import annotations
 

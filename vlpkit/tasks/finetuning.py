@@ -11,6 +11,7 @@ supplies only what is its own: the model, the training set, its collator and los
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -132,6 +133,20 @@ def carry_labels(checkpoint, model_dir: Path) -> Path | None:
     target = Path(model_dir) / LABELS_NAME
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(labels.read_bytes()))
     return target
+
+
+def results_scorers(evaluate: Callable, tokenizer, splits: Mapping[str, Any], batch_size: int) -> dict[str, Scorer]:
+    """A `Scorer` per evaluation split of VQA- or NLVR2-style data (`splits`: {name: the split's files}), calling
+    `evaluate(model, tokenizer, files, name, out / "results" (None: nothing written), batch_size=, num_workers=)`
+    (`evaluate_vqa`, `evaluate_nlvr2`)."""
+    return {name: functools.partial(_score_split, evaluate, tokenizer, files, name, batch_size)
+            for name, files in splits.items()}
+
+
+def _score_split(evaluate: Callable, tokenizer, files: Any, name: str, batch_size: int, model: TaskModel,
+                 out: Path | None, num_workers: int) -> dict[str, Any]:
+    return evaluate(model, tokenizer, files, name, None if out is None else out / "results", batch_size=batch_size,
+                    num_workers=num_workers)
 
 
 def run_finetune(task: str, model: TaskModel, loss_fn: Callable, train_set, collator, config: Any,

@@ -50,7 +50,7 @@ from .base import (
     load_finetuned,
     mean_by_group,
 )
-from .finetuning import FinetuneResult, run_finetune
+from .finetuning import FinetuneResult, results_scorers, run_finetune
 from .registry import Task, register_task
 
 SPLIT_ALIASES = {"val": "dev", "test": "test1"}  # `evaluate --split val|test`: NLVR2's dev and test-P
@@ -399,17 +399,10 @@ def finetune_nlvr2(checkpoint: str | Path | E2EVLP | None, setup_or_paths, outpu
     check_tokenizer(tokenizer, model.config)
     train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
                                      flip=False)
-
-    def scorer(name: str, split):
-        def score(m: NLVR2Model, out: Path | None, num_workers: int) -> dict[str, Any]:
-            return evaluate_nlvr2(m, tokenizer, split, name, None if out is None else out / "results",
-                                  batch_size=config.eval_batch_size, num_workers=num_workers)
-        return score
-
     return run_finetune("nlvr2", model, nlvr2_loss, data.train.dataset(train_tf),
                         NLVR2Collator(tokenizer, model.config.max_text_length), config, output_dir,
                         config.trainer_config(output_dir, trainer_overrides),
-                        scorers={name: scorer(name, split) for name, split in data.eval.items()},
+                        scorers=results_scorers(evaluate_nlvr2, tokenizer, data.eval, config.eval_batch_size),
                         watch=next(iter(data.eval), None), checkpoint=checkpoint, resume=resume,
                         info={"baselines": data.baselines})
 

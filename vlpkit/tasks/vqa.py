@@ -61,7 +61,7 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
     tokenizer_overrides,
     write_json,
 )
-from .finetuning import FinetuneResult, run_finetune
+from .finetuning import FinetuneResult, results_scorers, run_finetune
 from .registry import Task, register_task
 
 VOCAB_FILE = "answer_vocab.json"
@@ -528,14 +528,7 @@ def finetune_vqa(checkpoint: str | Path | E2EVLP | None, setup_or_paths, output_
     train_tf = make_train_transforms(scales=image["train_scales"], max_size=image["max_size"], crop=False,
                                      flip=False)
     train_set = ConcatDataset([s.dataset(vocab, train_tf) for s in data.train])
-
-    def scorer(name: str, split: VQASplit):
-        def score(m: VQAModel, out: Path | None, num_workers: int) -> dict[str, Any]:
-            return evaluate_vqa(m, tokenizer, split, name, None if out is None else out / "results",
-                                batch_size=config.eval_batch_size, num_workers=num_workers)
-        return score
-
-    scorers = {name: scorer(name, split) for name, split in data.eval.items()}
+    scorers = results_scorers(evaluate_vqa, tokenizer, data.eval, config.eval_batch_size)
     first = next(iter(data.eval), None)  # its accuracy is logged during training (eval_every > 0)
     return run_finetune("vqa", model, vqa_loss, train_set, VQACollator(tokenizer, model.config.max_text_length),
                         config, output_dir, config.trainer_config(output_dir, trainer_overrides), scorers=scorers,

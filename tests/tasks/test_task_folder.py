@@ -22,7 +22,11 @@ from vlpkit.tasks.vqa import VQAConfig, VQAModel
 TINY = dict(num_encoder_layers=1, num_decoder_layers=1, vocab_size=40, num_classes=4, num_attributes=3)
 
 
-def _models():
+TASKS = ("vqa", "nlvr2", "caption", "retrieval", "detection")
+
+
+@pytest.fixture(scope="module")
+def models():
     """(model, recipe, the files the earlier layout wrote instead of task.json) per task."""
     torch.manual_seed(0)
     e2evlp = lambda: build_e2evlp("e2evlp-tiny", **TINY)  # noqa: E731
@@ -47,8 +51,6 @@ def _models():
     }
 
 
-MODELS = _models()
-
 
 def _same(a, b):
     assert type(a) is type(b) and a.arguments() == b.arguments()
@@ -56,9 +58,14 @@ def _same(a, b):
         torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("task", list(MODELS))
-def test_every_task_writes_task_json_and_reads_it_back(task, tmp_path):
-    model, recipe, _ = MODELS[task]
+def test_the_fixture_covers_every_builtin_task(models):
+    assert set(models) == set(TASKS) == {get_task(t).name for t in TASKS}
+    assert all(get_task(t).model_class is type(models[t][0]) for t in TASKS)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_writes_task_json_and_reads_it_back(task, models, tmp_path):
+    model, recipe, _ = models[task]
     model.save_pretrained(tmp_path, recipe)
     record = json.loads((tmp_path / "task.json").read_text())
     assert record == {"task": task, "model_class": type(model).__name__, "arguments": model.arguments(),
@@ -68,9 +75,9 @@ def test_every_task_writes_task_json_and_reads_it_back(task, tmp_path):
     assert type(model).load_recipe(tmp_path, type(recipe)) == recipe
 
 
-@pytest.mark.parametrize("task", list(MODELS))
-def test_a_folder_of_the_earlier_layout_still_loads(task, tmp_path):
-    model, recipe, legacy = MODELS[task]
+@pytest.mark.parametrize("task", TASKS)
+def test_a_folder_of_the_earlier_layout_still_loads(task, models, tmp_path):
+    model, recipe, legacy = models[task]
     model.save_pretrained(tmp_path, recipe)
     (tmp_path / "task.json").unlink()
     for name, content in legacy.items():
@@ -79,15 +86,15 @@ def test_a_folder_of_the_earlier_layout_still_loads(task, tmp_path):
     assert type(model).load_recipe(tmp_path, type(recipe)) == recipe
 
 
-def test_saved_arguments_can_be_replaced_at_load_time(tmp_path):
-    model, recipe, _ = MODELS["caption"]
+def test_saved_arguments_can_be_replaced_at_load_time(models, tmp_path):
+    model, recipe, _ = models["caption"]
     model.save_pretrained(tmp_path, recipe)
     loaded = CaptionModel.from_pretrained(tmp_path, eval_size=48, max_size=None)  # None keeps the saved value
     assert (loaded.eval_size, loaded.max_size) == (48, 90)
 
 
-def test_a_folder_of_another_task_is_refused_naming_both(tmp_path):
-    model, recipe, legacy = MODELS["vqa"]
+def test_a_folder_of_another_task_is_refused_naming_both(models, tmp_path):
+    model, recipe, legacy = models["vqa"]
     model.save_pretrained(tmp_path / "new", recipe)
     with pytest.raises(ValueError, match=r"holds a VQAModel, not a NLVR2Model: load it with VQAModel.from_pretrained"):
         NLVR2Model.from_pretrained(tmp_path / "new")
@@ -106,8 +113,8 @@ def test_a_pretraining_checkpoint_or_an_empty_folder_is_named(tmp_path):
         DetectionModel.from_pretrained(tmp_path / "empty")
 
 
-def test_an_earlier_vqa_folder_without_its_arguments_file_is_named(tmp_path):
-    model, recipe, _ = MODELS["vqa"]
+def test_an_earlier_vqa_folder_without_its_arguments_file_is_named(models, tmp_path):
+    model, recipe, _ = models["vqa"]
     model.save_pretrained(tmp_path, recipe)
     (tmp_path / "task.json").unlink()
     with pytest.raises(FileNotFoundError, match="VQAModel weights but neither task.json nor vqa_task.json"):

@@ -121,7 +121,7 @@ def test_load_finetuned_reads_the_recorded_recipe(run, setup, tmp_path, caplog):
         recipe.replace(eval_batch_size=9)
     with pytest.raises(ValueError, match="holds a VQAModel, not a NLVR2Model"):
         load_finetuned(NLVR2Model, NLVR2Config, tmp_path / "run")
-    with pytest.raises(ValueError, match="holds a pretrained E2EVLP"):
+    with pytest.raises(FileNotFoundError, match="holds a pretrained E2EVLP"):
         load_finetuned(VQAModel, VQAConfig, folder)
     model.save_pretrained(tmp_path / "bare")  # no recipe: the defaults, with a warning
     with caplog.at_level(logging.WARNING, logger="vlpkit.tasks.base"):

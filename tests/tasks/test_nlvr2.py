@@ -138,7 +138,10 @@ def test_predict_on_pil_and_tensors_matches_batched_prediction_and_survives_savi
 
     with pytest.raises(ValueError, match="got 2 left, 1 right, 2 sentences"):
         model.predict(left[:2], right[:1], sentences[:2])
-    with pytest.raises(TypeError, match="right\\[1\\].*expected a uint8"):
+    floats = [t.float() / 255 for t in tensors]  # float [0, 1], as the predictor takes them
+    assert [p.probability for p in model.predict(left, floats, sentences)] == pytest.approx(
+        [p.probability for p in got], abs=1e-5)
+    with pytest.raises(ValueError, match=r"image right\[1\]: a float image tensor must hold values in \[0, 1\]"):
         model.predict(left[:2], [tensors[0], tensors[1].float()], sentences[:2])
     with pytest.raises(ValueError, match="no tokenizer"):
         NLVR2Model(model.e2evlp).predict(left[:1], right[:1], sentences[:1])

@@ -1,6 +1,6 @@
 """Raw images -> model inputs: the preprocessing of images given at inference time, used by the predictor
-(`vlpkit.inference`) and by `CaptionModel.caption` and `RetrievalModel.match` (`VQAModel.top_answers` and
-`NLVR2Model.predict` still transform their images themselves and accept uint8 tensors only).
+(`vlpkit.inference`) and by the task models' own inference (`CaptionModel.caption`, `RetrievalModel.match`,
+`VQAModel.top_answers`, `NLVR2Model.predict`).
 
 Accepted: a PIL image (any mode, converted to RGB by the transform), a tensor [3, H, W] (uint8 in 0..255, or
 float in [0, 1], converted to uint8 first, as the evaluation transforms expect), a batch tensor [N, 3, H, W],
@@ -9,7 +9,7 @@ or a non-empty list or tuple of these. Every error names the image by its index 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,11 +64,18 @@ def _as_uint8(image: Any, index: int) -> Any:
     return image
 
 
-def prepare_images(images: Any, transforms: Callable, first_index: int = 0) -> PreparedImages:
+def prepare_images(images: Any, transforms: Callable, first_index: int = 0,
+                   names: Sequence[Any] | None = None) -> PreparedImages:
     """`images` through the evaluation `transforms` (e.g. `make_eval_transforms(800, 1333)`), then padded into one
-    batch. Images are named in errors by their index counted from `first_index` (the caller's chunk offset)."""
+    batch. Images are named in errors by `names` (one per image, e.g. "left[3]"), else by their index counted from
+    `first_index` (the caller's chunk offset)."""
     pixels, sizes = [], []
-    for i, image in enumerate(as_image_list(images), start=first_index):
+    images = as_image_list(images)
+    if names is None:
+        names = range(first_index, first_index + len(images))
+    elif len(names) != len(images):
+        raise ValueError(f"prepare_images: {len(names)} names for {len(images)} images")
+    for i, image in zip(names, images):
         # the transform's own checks name the image by target["image_id"]: its index in the caller's list
         pixel_values, target, _ = transforms(_as_uint8(image, i), {"image_id": i}, None)
         pixels.append(pixel_values)

@@ -318,6 +318,12 @@ class TaskModel(nn.Module):
         Raises:
             FileNotFoundError: not a task-model folder. ValueError: a folder of another task (both named).
         """
+        return cls.load_with_record(directory, tokenizer, **arguments)[0]
+
+    @classmethod
+    def load_with_record(cls, directory: str | Path, tokenizer=None,
+                         **arguments: Any) -> tuple[TaskModel, dict[str, Any]]:
+        """`from_pretrained`, also returning the folder's task record (`task_record`: task, arguments, recipe)."""
         directory = Path(directory)
         record = cls.task_record(directory)
         if record["model_class"] != cls.__name__:
@@ -330,7 +336,7 @@ class TaskModel(nn.Module):
                                    directory)
         load_weights(model, directory / WEIGHTS_NAME, strict=True)
         model.new_parameters = []
-        return model
+        return model, record
 
     @classmethod
     def task_record(cls, directory: str | Path) -> dict[str, Any]:
@@ -398,19 +404,17 @@ def load_finetuned(model_cls: type[TaskModel], config_cls: type, path: str | Pat
         config: None (the recorded recipe, else the defaults with a warning), a `config_cls` (used as is), or a
             dict of fields that override the recorded recipe.
     Raises:
-        ValueError: the folder holds another task's model.
+        ValueError: the folder holds another task's model. FileNotFoundError: it holds a pretrained E2EVLP or no
+            model (`TaskModel.task_record`).
     """
     model_dir = locate_pretrained(path).model_dir
-    task = read_metadata(model_dir / WEIGHTS_NAME).get("task")
-    if task != model_cls.__name__:
-        held = f"a {task}" if task else "a pretrained E2EVLP (not a fine-tuned task model)"
-        raise ValueError(f"{model_dir} holds {held}, not a {model_cls.__name__}")
-    model = model_cls.from_pretrained(model_dir)
+    model, record = model_cls.load_with_record(model_dir)
     if not isinstance(config, config_cls):
-        recorded = model_cls.load_recipe(model_dir, config_cls)
-        if recorded is None:
+        if record.get("recipe") is None:
             logger.warning("%s records no fine-tuning recipe; evaluating with the default %s", model_dir,
                            config_cls.__name__)
             recorded = config_cls()
+        else:
+            recorded = config_cls.from_dict(record["recipe"])
         config = recorded.replace(**dict(config or {}))
     return model.eval(), config

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
+from ..data.raw_images import prepare_images
 from ..data.readers.nlvr2 import NLVR2Dataset
 from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
@@ -233,7 +234,8 @@ class NLVR2Model(TaskModel):
     @torch.no_grad()
     def predict(self, left_images: Sequence, right_images: Sequence, sentences: Sequence[str],
                 batch_size: int = 32) -> list[NLVR2Prediction]:
-        """Judge each sentence on its (left, right) pair; images are PIL images or uint8 tensors [3, H, W]."""
+        """Judge each sentence on its (left, right) pair; images as `vlpkit.data.raw_images` accepts them (PIL,
+        uint8 or float [0, 1] tensors [3, H, W]); a bad image is named by its side and index ("left[3]")."""
         if self.tokenizer is None:
             raise ValueError("NLVR2Model has no tokenizer: pass tokenizer= to from_checkpoint, or set "
                              "model.tokenizer")
@@ -250,12 +252,11 @@ class NLVR2Model(TaskModel):
         try:
             for start in range(0, len(sentences), batch_size):
                 chunk = range(start, min(len(sentences), start + batch_size))
-                pixels = [self.eval_transforms(side[i], {"image_id": f"{name}[{i}]"}, None)[0]
-                          for i in chunk for name, side in (("left", left), ("right", right))]
-                pixel_values, pixel_mask = collate_images(pixels)
+                images = prepare_images([side[i] for i in chunk for side in (left, right)], self.eval_transforms,
+                                        names=[f"{name}[{i}]" for i in chunk for name in ("left", "right")])
                 ids, mask, types = collate_texts([sentences[i] for i in chunk], self.tokenizer,
                                                  self.config.max_text_length)
-                batch = Batch(pixel_values, pixel_mask, ids, mask, types, targets=[]).to(device)
+                batch = Batch(images.pixel_values, images.pixel_mask, ids, mask, types, targets=[]).to(device)
                 probs = self(batch).logits.float().softmax(-1)[:, 1].tolist()
                 out += [NLVR2Prediction(p > 0.5, p) for p in probs]
         finally:

@@ -17,6 +17,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 POSITION_EMBEDDINGS = ("sine", "learned")
 ACTIVATIONS = ("relu", "gelu")
 BACKBONE_NORMS = ("frozen_bn", "batch_norm")
+POOLINGS = ("cls", "text_mean")
 
 
 @dataclass
@@ -69,6 +70,11 @@ class E2EVLPConfig(DictConfig):
     # prior around a learned reference point per query, from which boxes are also predicted (SMCA / Anchor DETR).
     # A CPU-budget aid for training from scratch; see vlpkit/models/spatial_prior.py and docs/pretraining.md
     detection_spatial_prior: float | None = None
+    # what the matching heads (ITM, and the VQA / NLVR2 / retrieval heads built on the encoder) read: "cls" (the
+    # paper: the final [CLS] state) or "text_mean" (not in the paper: the mean of the final text states, [CLS] and
+    # [SEP] included, padding excluded). [CLS] attends mostly to the grid cells, which dilutes the word states that
+    # carry a mismatch; docs/pretraining.md measures the difference.
+    pooling: str = "cls"
     init_std: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, round-tripped untouched
 
@@ -105,6 +111,7 @@ class E2EVLPConfig(DictConfig):
             check(getattr(self, name) > 0, f"{name}={getattr(self, name)}; expected > 0")
         check(self.detection_spatial_prior is None or self.detection_spatial_prior > 0,
               f"detection_spatial_prior={self.detection_spatial_prior}; expected None (off) or a sigma > 0")
+        check(self.pooling in POOLINGS, f"pooling={self.pooling!r}; expected one of {POOLINGS}")
         check(self.num_attributes >= 0, f"num_attributes={self.num_attributes}; expected >= 0")
         check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout}; expected in [0, 1)")
         check(self.max_text_length <= self.max_position_embeddings,

@@ -56,6 +56,16 @@ class EncoderOutput:
         """[B, d] final state of the [CLS] token."""
         return self.memory[:, 0]
 
+    def pooled(self, pooling: str = "cls") -> torch.Tensor:
+        """[B, d] one state per row: the [CLS] state ("cls") or the mean of the unpadded text states
+        ("text_mean"; `E2EVLPConfig.pooling`)."""
+        if pooling == "cls":
+            return self.cls_state
+        if pooling != "text_mean":
+            raise ValueError(f"pooling={pooling!r}; expected 'cls' or 'text_mean'")
+        keep = (~self.memory_padding_mask[:, : self.text_length]).unsqueeze(-1).to(self.memory.dtype)
+        return (self.text_states * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
     @property
     def text_states(self) -> torch.Tensor:
         """[B, L, d]."""

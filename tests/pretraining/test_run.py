@@ -164,9 +164,10 @@ def test_paper_configs_leave_the_grounding_options_off(name):
     assert data.get("mlm_visual_words") is None and not data.get("itm_extra_negatives")
     assert not data.get("itm_unmasked_only")
     assert not cfg.get("model", {}).get("frozen_trunk")
+    assert cfg.get("model", {}).get("overrides", {}).get("pooling", "cls") == "cls"
     assert all(set(s.get("tasks", PAPER_TASKS)) <= set(PAPER_TASKS) for s in data.get("sources", []))
     text = (CONFIG_DIR.parents[1] / "docs" / "paper_fidelity.md").read_text()
     assert all(w == 1.0 for w in objective.weights.values())
     for option in ("mlm_visual_words", "encoder_grad_scale", "itc_temperature", "itm_extra_negatives",
-                   "itm_unmasked_only", "frozen_trunk", "objective.weights"):
+                   "itm_unmasked_only", "frozen_trunk", "objective.weights", "`pooling`"):
         assert option in text

@@ -172,9 +172,13 @@ class E2EVLP(nn.Module):
         """[B, L, vocab_size] masked-token logits at every text position."""
         return self.mlm_head(encoding.text_states)
 
+    def pooled_state(self, encoding: EncoderOutput) -> torch.Tensor:
+        """[B, d] the state the matching heads read: [CLS] (the paper) or the text mean (`config.pooling`)."""
+        return encoding.pooled(self.config.pooling)
+
     def itm_logits(self, encoding: EncoderOutput) -> torch.Tensor:
-        """[B, 2] image-text matching logits from [CLS] (index 1 = the text matches the image)."""
-        return self.itm_head(encoding.cls_state)
+        """[B, 2] image-text matching logits from the pooled state (index 1 = the text matches the image)."""
+        return self.itm_head(self.pooled_state(encoding))
 
     def caption_logits(self, encoding: EncoderOutput, caption_ids: torch.Tensor) -> torch.Tensor:
         """Teacher-forced next-token logits.

@@ -228,7 +228,8 @@ class NLVR2Model(TaskModel):
         types = None if batch.token_type_ids is None else batch.token_type_ids.repeat_interleave(2, 0)
         encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids.repeat_interleave(2, 0),
                                       batch.attention_mask.repeat_interleave(2, 0), types)
-        return TaskOutput(logits=self.head(encoding.cls_state.reshape(pairs, -1)))  # row i = [left ; right]
+        pooled = self.e2evlp.pooled_state(encoding)
+        return TaskOutput(logits=self.head(pooled.reshape(pairs, -1)))  # row i = [left ; right]
 
     # ---- inference -------------------------------------------------------------------------------------
     @torch.no_grad()

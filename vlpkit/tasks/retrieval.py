@@ -236,7 +236,7 @@ class RetrievalModel(TaskModel):
 
     def score(self, encoding: EncoderOutput) -> torch.Tensor:
         """[B] matching logits of the encoded pairs (higher = better match)."""
-        return self.head(encoding.cls_state)
+        return self.head(self.e2evlp.pooled_state(encoding))
 
     def score_pairs(self, image: ImageEmbedding, image_index: torch.Tensor, texts: TextInputs,
                     text_index: torch.Tensor) -> torch.Tensor:

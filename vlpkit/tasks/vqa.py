@@ -293,7 +293,7 @@ class VQAModel(TaskModel):
         -> `TaskOutput(logits=[B, num_answers])`: the answer logits."""
         encoding = self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids, batch.attention_mask,
                                       batch.token_type_ids)
-        return TaskOutput(logits=self.head(encoding.cls_state))
+        return TaskOutput(logits=self.head(self.e2evlp.pooled_state(encoding)))
 
     # ---- inference -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -183,9 +183,9 @@ def finetune(task: str, checkpoint, setup, settings: Settings, seed: int, output
     from vlpkit.pretraining.run import load_config
 
     trainer = load_config(settings.config).get("trainer", {})
-    recipe = dict(batch_size=settings.finetune_batch, lr=float(trainer.get("lr", 1e-4)),
-                  backbone_lr=float(trainer.get("backbone_lr", 1e-5)), lr_drop_epochs=[],
-                  warmup_steps=settings.finetune_warmup, seed=seed, **settings.image())
+    recipe = dict(trainer={"batch_size": settings.finetune_batch, "lr": float(trainer.get("lr", 1e-4)),
+                           "backbone_lr": float(trainer.get("backbone_lr", 1e-5)), "lr_drop_epochs": [],
+                           "warmup_steps": settings.finetune_warmup, "seed": seed}, **settings.image())
     overrides = {"max_steps": settings.finetune_steps, "progress_bar": False, "save_every": 0, "keep_last": 1,
                  "log_every": 0, "eval_every": 0}
     shutil.rmtree(output_dir, ignore_errors=True)

@@ -87,8 +87,8 @@ def control_model(run: Path, out: Path, seed: int = 0) -> Path:
 
 
 def finetune(task: str, checkpoint: Path, setup, settings: Settings, seed: int, output_dir: Path) -> dict:
-    recipe = dict(batch_size=settings.batch_size, lr=settings.lr, backbone_lr=0.0, frozen_trunk=True,
-                  lr_drop_epochs=[], seed=seed)
+    recipe = dict(trainer={"batch_size": settings.batch_size, "lr": settings.lr, "backbone_lr": 0.0,
+                           "lr_drop_epochs": [], "seed": seed}, frozen_trunk=True)
     overrides = {"max_steps": settings.vqa_steps if task == "vqa" else settings.nlvr2_steps, "progress_bar": False,
                  "save_every": 0, "keep_last": 1, "log_every": 0, "eval_every": 0}
     shutil.rmtree(output_dir, ignore_errors=True)

@@ -13,14 +13,14 @@ from vlpkit.cli import main
 from vlpkit.inference import E2EVLPPredictor, load_labels
 
 IMAGES = 48  # the smallest world with NLVR2 dev and test1 sets (images // 16 sets, split 80/10/10)
-SMALL = ["task.train_scales=[64]", "task.max_size=96", "task.eval_size=64", "task.batch_size=4"]
+SMALL = ["task.train_scales=[64]", "task.max_size=96", "task.eval_size=64", "trainer.batch_size=4"]
 TRAIN = ["trainer.max_steps=3", "trainer.progress_bar=false", "trainer.save_every=0", "trainer.log_every=1"]
 # task -> (extra recipe fields, --split given to evaluate, the split's name in the task, results file of that split)
 CASES = {
-    "vqa": (["task.answer_min_count=1", "task.lr=1e-3"], "val", "val",
+    "vqa": (["task.answer_min_count=1", "trainer.lr=1e-3"], "val", "val",
             "results/vqa_OpenEnded_shapes_val_e2evlp_results.json"),
     # frozen_trunk: fine-tuning scores through the feature cache, `evaluate` reloads without one; they must agree
-    "nlvr2": (["task.lr=1e-3", "task.frozen_trunk=true"], "val", "dev", "results/dev_predictions.csv"),  # val = dev
+    "nlvr2": (["trainer.lr=1e-3", "task.frozen_trunk=true"], "val", "dev", "results/dev_predictions.csv"),  # val = dev
     "caption": (["task.max_generation_length=8", "task.eval_tokenizer=simple"], None, "test",
                 "captions_test_vlpkit_results.json"),
     "retrieval": ([], None, "test", "retrieval_test_results.json"),

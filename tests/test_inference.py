@@ -192,7 +192,7 @@ def test_pretraining_run_folder_round_trip(setup, model, predictor, images, tmp_
     (run / "pretrain_config.json").write_text(json.dumps(
         {"data": {"image": {"train_scales": [SIZE], "max_size": MAX_SIZE, "eval_size": SIZE}}}))
     loaded = E2EVLPPredictor.from_pretrained(run)
-    assert (loaded.image_size, loaded.max_size) == (SIZE, MAX_SIZE)
+    assert (loaded.eval_size, loaded.max_size) == (SIZE, MAX_SIZE)
     # the run's model/ folder (what `vlpkit finetune --checkpoint <run>` loads) finds the run's other pieces
     whole, inner = locate_pretrained(run), locate_pretrained(run / "model")
     assert inner.model_dir == whole.model_dir and inner.tokenizer_dir == whole.tokenizer_dir
@@ -207,7 +207,14 @@ def test_pretraining_run_folder_round_trip(setup, model, predictor, images, tmp_
     flat = loaded.save_pretrained(tmp_path / "flat")
     assert load_labels(flat).objects == predictor.object_names
     again = E2EVLPPredictor.from_pretrained(flat)
-    assert (again.image_size, again.max_size) == (SIZE, MAX_SIZE)
+    assert (again.eval_size, again.max_size) == (SIZE, MAX_SIZE)
+    assert json.loads((flat / "preprocessing.json").read_text()) == {"eval_size": SIZE, "max_size": MAX_SIZE}
+    # a folder written before the key took the recipes' name ("image_size") reads the same
+    (flat / "preprocessing.json").write_text(json.dumps({"image_size": SIZE + 8, "max_size": MAX_SIZE}))
+    assert E2EVLPPredictor.from_pretrained(flat).eval_size == SIZE + 8
+    (flat / "preprocessing.json").write_text(json.dumps({"size": SIZE}))
+    with pytest.raises(ValueError, match="preprocessing.json: expected keys 'eval_size' and 'max_size', got"):
+        E2EVLPPredictor.from_pretrained(flat)
     assert again.caption(images, num_beams=2, max_length=5) == captions
     with pytest.raises(FileNotFoundError, match="holds no model"):
         locate_pretrained(tmp_path)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from vlpkit.cli import main
 
-SMALL_TASK = ["task.train_scales=[96]", "task.max_size=128", "task.eval_size=96", "task.batch_size=2"]
+SMALL_TASK = ["task.train_scales=[96]", "task.max_size=128", "task.eval_size=96", "trainer.batch_size=2"]
 SHORT = ["trainer.max_steps=1", "trainer.progress_bar=false", "trainer.save_every=0", "trainer.log_every=1"]
 
 

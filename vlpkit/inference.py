@@ -56,7 +56,10 @@ def _image_sizes(files: PretrainedFiles) -> tuple[int, int] | None:
     """(shorter side, longer-side cap) of the evaluation transform recorded in the folder, if any."""
     if files.preprocessing is not None:
         data = json.loads(files.preprocessing.read_text())
-        return int(data["image_size"]), int(data["max_size"])
+        if "eval_size" not in data and "image_size" not in data:
+            raise ValueError(f"{files.preprocessing}: expected keys 'eval_size' and 'max_size', got {sorted(data)}")
+        # "image_size": the key's name before it took the tasks' and the recipes' name (read, never written)
+        return int(data.get("eval_size", data.get("image_size"))), int(data["max_size"])
     if files.pretrain_config is not None:
         # the same defaults as vlpkit.pretraining.run.image_transforms
         image = json.loads(files.pretrain_config.read_text()).get("data", {}).get("image", {})
@@ -82,7 +85,7 @@ class E2EVLPPredictor:
         tokenizer: its `BertTokenizerFast`.
         object_names / attribute_names: names of the detection classes / attributes (None: detections are named
             by their index, with a warning).
-        image_size / max_size: the evaluation transform (shorter side, cap on the longer side); use the sizes
+        eval_size / max_size: the evaluation transform (shorter side, cap on the longer side); use the sizes
             the model was trained at.
         batch_size: images (or image-text pairs for `match`) per forward pass.
         vqa_model: a VQA task model (`vlpkit.tasks.vqa.VQAModel`) whose `e2evlp` is `model`; enables `answer`.
@@ -91,7 +94,7 @@ class E2EVLPPredictor:
     """
 
     def __init__(self, model: E2EVLP, tokenizer, object_names: Sequence[str] | None = None,
-                 attribute_names: Sequence[str] | None = None, image_size: int = 800, max_size: int = 1333,
+                 attribute_names: Sequence[str] | None = None, eval_size: int = 800, max_size: int = 1333,
                  batch_size: int = 16, vqa_model: nn.Module | None = None,
                  answer_names: Sequence[str] | None = None) -> None:
         if not isinstance(model, E2EVLP):
@@ -116,8 +119,8 @@ class E2EVLPPredictor:
         self.tokenizer = tokenizer
         self.object_names = list(object_names) if object_names is not None else None
         self.attribute_names = list(attribute_names) if attribute_names else None
-        self.image_size, self.max_size = int(image_size), int(max_size)
-        self.transforms = make_eval_transforms(self.image_size, self.max_size)
+        self.eval_size, self.max_size = int(eval_size), int(max_size)
+        self.transforms = make_eval_transforms(self.eval_size, self.max_size)
         self.batch_size = batch_size
         self.vqa_model = vqa_model.eval() if vqa_model is not None else None
         if answer_names is None and vqa_model is not None:
@@ -128,7 +131,7 @@ class E2EVLPPredictor:
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
-                        image_size: int | None = None, max_size: int | None = None,
+                        eval_size: int | None = None, max_size: int | None = None,
                         batch_size: int = 16) -> E2EVLPPredictor:
         """Load a run folder or a model folder (see the module docstring).
 
@@ -155,12 +158,12 @@ class E2EVLPPredictor:
         recorded = _image_sizes(files)
         if files.preprocessing is None and all(hasattr(task_model, k) for k in ("eval_size", "max_size")):
             recorded = int(task_model.eval_size), int(task_model.max_size)  # e.g. VQAModel records its own
-        if recorded is None and (image_size is None or max_size is None):
-            logger.warning("%s records no image size; using %s", files.root, (image_size or 800, max_size or 1333))
+        if recorded is None and (eval_size is None or max_size is None):
+            logger.warning("%s records no image size; using %s", files.root, (eval_size or 800, max_size or 1333))
         size, cap = recorded or (800, 1333)
         # an empty list in labels.json means "names unknown"
         predictor = cls(model, tokenizer, (labels.objects or None) if labels else None,
-                        labels.attributes if labels else None, image_size or size, max_size or cap, batch_size,
+                        labels.attributes if labels else None, eval_size or size, max_size or cap, batch_size,
                         vqa_model=task_model if task == "VQAModel" else None,
                         answer_names=labels.answers if labels else None)
         predictor.task_model = task_model
@@ -174,7 +177,7 @@ class E2EVLPPredictor:
         source.save_pretrained(directory)
         save_tokenizer(self.tokenizer, directory / TOKENIZER_DIR)
         save_labels(directory, self.object_names or [], self.attribute_names or [], self.answer_names)
-        save_preprocessing(directory, self.image_size, self.max_size)
+        save_preprocessing(directory, self.eval_size, self.max_size)
         return directory
 
     @property

@@ -83,9 +83,9 @@ def load_labels(path: str | Path) -> LabelNames:
                       data.get("category_ids"))
 
 
-def save_preprocessing(directory: str | Path, image_size: int, max_size: int) -> Path:
+def save_preprocessing(directory: str | Path, eval_size: int, max_size: int) -> Path:
     """Write `directory/preprocessing.json`: the evaluation transform's sizes (`make_eval_transforms`)."""
-    data = {"image_size": int(image_size), "max_size": int(max_size)}
+    data = {"eval_size": int(eval_size), "max_size": int(max_size)}
     return atomic_write(Path(directory) / PREPROCESSING_NAME,
                         lambda tmp: Path(tmp).write_text(json.dumps(data) + "\n"))
 

@@ -93,12 +93,14 @@ def test_every_recipe_maps_to_the_trainer_config_and_names_unknown_fields(config
     trainer = config.trainer_config("out", {"max_steps": 7}, num_workers=2)  # a mapping and keywords both apply
     assert (trainer.max_steps, trainer.num_workers, trainer.output_dir) == (7, 2, "out")
     assert trainer.backbone_prefix == BACKBONE_PREFIX and trainer.find_unused_parameters
-    defaults = TrainerConfig()
-    for name in ("epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "clip_max_norm", "warmup_steps",
-                 "lr_drop_epochs", "lr_drop_factor", "seed"):
-        assert getattr(trainer, name) == getattr(config, name, getattr(defaults, name)), name
+    assert trainer == config.trainer.replace(output_dir="out", max_steps=7, num_workers=2)
     assert config_cls.from_dict(config.to_dict()) == config
-    assert config.replace(batch_size=3).batch_size == 3 and config.batch_size != 3
+    assert config.replace(trainer={"batch_size": 3}).trainer == config.trainer.replace(batch_size=3)
+    assert config_cls(trainer={"batch_size": 3}).trainer == config_cls.default_trainer().replace(batch_size=3)
+    with pytest.raises(ConfigError, match=r"unknown trainer config field\(s\) \['bogus'\]"):
+        config_cls(trainer={"bogus": 1})
+    with pytest.raises(ConfigError, match=rf"{config_cls.__name__}.trainer: expected a TrainerConfig or a dict"):
+        config_cls(trainer=3)
     with pytest.raises(ConfigError, match=rf"unknown {config_cls.__name__} field\(s\) \['bogus'\]; valid fields"):
         config_cls.from_dict({"bogus": 1})
 
@@ -107,6 +109,17 @@ def test_task_output_is_typed_and_a_mapping():
     logits = torch.randn(2, 3)
     out = TaskOutput(logits=logits)
     assert out.logits is logits and out["logits"] is logits and out[0] is logits and list(out) == ["logits"]
+
+
+def test_a_flat_recipe_of_an_earlier_folder_reads_its_trainer_fields(caplog):
+    """task.json recipes written before recipes nested their TrainerConfig held its fields at the top level."""
+    legacy = {"batch_size": 8, "lr": 3e-4, "epochs": 2, "lr_drop_epochs": [1], "seed": 5, "answer_min_count": 1}
+    with caplog.at_level(logging.WARNING, logger="vlpkit.tasks.base"):
+        config = VQAConfig.from_dict(legacy)
+    assert isinstance(config.trainer, TrainerConfig) and config.answer_min_count == 1
+    assert config.trainer == VQAConfig.default_trainer().replace(batch_size=8, lr=3e-4, epochs=2, lr_drop_epochs=[1],
+                                                                 seed=5)
+    assert "read as trainer." in caplog.text
 
 
 def test_load_finetuned_reads_the_recorded_recipe(run, setup, tmp_path, caplog):

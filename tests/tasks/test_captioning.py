@@ -51,7 +51,7 @@ def batch(setup):
 
 
 def test_config_round_trip_and_errors():
-    config = CaptioningConfig(lr=1e-4, lr_drop_epochs=[3])
+    config = CaptioningConfig(trainer={"lr": 1e-4, "lr_drop_epochs": [3]})
     assert CaptioningConfig.from_dict(config.to_dict()) == config
     assert (config.num_beams, config.length_penalty, config.length_penalty_style) == (4, 0.9, "gnmt")
     with pytest.raises(ValueError, match=r"unknown CaptioningConfig field\(s\) \['beam'\].*num_beams"):
@@ -168,7 +168,8 @@ def test_karpathy_paths_give_the_same_images_and_captions(setup, tmp_path):
 def test_finetune_loss_falls_and_saves_everything(setup, tmp_path):
     torch.manual_seed(0)
     start = build_e2evlp("e2evlp-tiny", **setup.model_overrides())
-    config = dict(SMALL, batch_size=8, lr=1e-3, backbone_lr=1e-4, flip=False, max_eval_images=2)
+    config = dict(SMALL, trainer={"batch_size": 8, "lr": 1e-3, "backbone_lr": 1e-4}, flip=False,
+                  max_eval_images=2)
     result = finetune_captioning(start, setup, tmp_path / "ft", config,
                                  {"max_steps": 8, "log_every": 1, "save_every": 0, "progress_bar": False,
                                   "cpu": True})
@@ -183,7 +184,7 @@ def test_finetune_loss_falls_and_saves_everything(setup, tmp_path):
     assert [r["step"] for r in read_log(tmp_path / "ft", "eval")] == [8]
     for split in ("val", "test"):
         assert (tmp_path / "ft" / f"captions_{split}_vlpkit_results.json").is_file()
-    assert CaptionModel.load_recipe(tmp_path / "ft" / "model", CaptioningConfig).lr == 1e-3
+    assert CaptionModel.load_recipe(tmp_path / "ft" / "model", CaptioningConfig).trainer.lr == 1e-3
     reloaded = CaptionModel.from_pretrained(tmp_path / "ft" / "model", eval_size=64, max_size=96)
     assert reloaded.tokenizer.get_vocab() == setup.tokenizer.get_vocab()
     for name, value in start.state_dict().items():  # `start` is the trained model (fine-tuned in place)

@@ -29,7 +29,7 @@ from vlpkit.tasks.detection import (
     finetune_detection,
 )
 
-SMALL = dict(train_scales=[64], max_size=96, eval_size=64, crop=False, flip=False, batch_size=4,
+SMALL = dict(train_scales=[64], max_size=96, eval_size=64, crop=False, flip=False, trainer={"batch_size": 4},
              eval_batch_size=4)
 
 
@@ -51,7 +51,7 @@ def _batch(setup, paired_text=True, train=False, n=3):
 
 
 def test_config_round_trip_unknown_keys_and_backbone_prefix(tiny):
-    cfg = DetectionConfig(paired_text=False, epochs=3, lr_drop_epochs=[2])
+    cfg = DetectionConfig(paired_text=False, trainer={"epochs": 3, "lr_drop_epochs": [2]})
     assert DetectionConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"bogus.*paired_text"):
         DetectionConfig.from_dict({"bogus": 1})
@@ -218,7 +218,7 @@ def test_finetune_loss_falls_and_the_folder_loads(setup, tmp_path):
     predictor = E2EVLPPredictor.from_pretrained(tmp_path / "out")  # the run folder: <out>/model/ is found
     assert isinstance(predictor.task_model, DetectionModel)
     assert predictor.object_names == ["circle", "square", "triangle", "diamond", "star", "hexagon"]
-    assert (predictor.image_size, predictor.max_size) == (64, 96)
+    assert (predictor.eval_size, predictor.max_size) == (64, 96)
     for a, b in zip(predictor.model.state_dict().values(), model.e2evlp.state_dict().values()):
         assert torch.equal(a, b)
 

@@ -57,7 +57,8 @@ def _batch(model, dataset, n):
 
 def test_config_defaults_roundtrip_and_errors():
     cfg = NLVR2Config()
-    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.lr_drop_epochs, cfg.lr_drop_factor) == (32, 12, 1e-4, [6, 9], 0.1)
+    t = cfg.trainer
+    assert (t.batch_size, t.epochs, t.lr, t.lr_drop_epochs, t.lr_drop_factor) == (32, 12, 1e-4, [6, 9], 0.1)
     assert NLVR2Config.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="answer_vocab_size.*valid fields"):
         NLVR2Config.from_dict({"answer_vocab_size": 10})
@@ -234,7 +235,8 @@ def test_short_finetuning_fits_the_training_pairs(tmp_path, setup):
     torch.manual_seed(0)
     fresh = build_e2evlp("e2evlp-tiny", **setup.model_overrides())
     before = fresh.encoder.layers[0].self_attn.q_proj.weight.clone()
-    cfg = NLVR2Config(batch_size=8, backbone_lr=1e-4, lr_drop_epochs=[], train_scales=[48], eval_size=48, max_size=96)
+    cfg = NLVR2Config(trainer={"batch_size": 8, "backbone_lr": 1e-4, "lr_drop_epochs": []}, train_scales=[48],
+                      eval_size=48, max_size=96)
     report = finetune_nlvr2(fresh, setup, tmp_path / "run", cfg,
                             {"max_steps": 6, "progress_bar": False, "save_every": 0, "log_every": 1})
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())

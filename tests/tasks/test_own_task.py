@@ -45,7 +45,8 @@ def test_the_page_module_fine_tunes_saves_and_evaluates_by_name(object_count, tm
     setup = prepare_shapes(tmp_path / "world", num_images=40, seed=5, scene=SceneConfig(image_size=64),
                            nlvr2_sets=0)
     torch.manual_seed(0)
-    result = finetune("object-count", None, setup, tmp_path / "run", {"batch_size": 8, "lr": 1e-3, "image_size": 64},
+    recipe = {"trainer": {"batch_size": 8, "lr": 1e-3}, "image_size": 64}
+    result = finetune("object-count", None, setup, tmp_path / "run", recipe,
                       {"max_steps": 4, "progress_bar": False, "save_every": 0, "log_every": 1})
     assert isinstance(result, FinetuneResult) and result.task == "object-count" and result.train.steps == 4
     val = json.loads(setup.world.instances("val").read_text())
@@ -54,7 +55,7 @@ def test_the_page_module_fine_tunes_saves_and_evaluates_by_name(object_count, tm
     assert FinetuneResult.load(tmp_path / "run").metrics == result.metrics
     record = json.loads((tmp_path / "run" / "model" / "task.json").read_text())
     assert record["task"] == "object-count" and record["arguments"] == {"max_count": 8, "image_size": 64}
-    assert record["recipe"]["lr"] == 1e-3
+    assert record["recipe"]["trainer"]["lr"] == 1e-3 and record["recipe"]["trainer"]["batch_size"] == 8
     again = evaluate("object-count", tmp_path / "run", setup, "val")
     assert again == {"split": "val", **result.metrics["val"]}
     # the loss is the task's: cross-entropy over 9 counts starts near log 9 for a fresh head

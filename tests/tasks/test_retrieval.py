@@ -65,7 +65,7 @@ def _batch(setup, indices):
 def test_config_round_trip_and_errors():
     config = RetrievalConfig(margin=0.25, gamma=64)
     assert RetrievalConfig.from_dict(config.to_dict()) == config
-    assert (config.batch_size, config.lr, config.epochs) == (64, 5e-5, 4)
+    assert (config.trainer.batch_size, config.trainer.lr, config.trainer.epochs) == (64, 5e-5, 4)
     with pytest.raises(ValueError, match=r"unknown RetrievalConfig field\(s\) \['m'\].*margin"):
         RetrievalConfig.from_dict({"m": 0.1})
     with pytest.raises(ValueError, match="negatives='semi'"):
@@ -233,7 +233,7 @@ def test_finetune_loss_falls_and_saves_everything(setup, tmp_path):
     torch.manual_seed(0)
     start = build_e2evlp("e2evlp-tiny", **setup.model_overrides())
     initial = RetrievalModel.from_checkpoint(copy.deepcopy(start), setup.tokenizer).eval()
-    config = dict(SMALL, batch_size=8, lr=1e-4, backbone_lr=1e-5, flip=False)
+    config = dict(SMALL, trainer={"batch_size": 8, "lr": 1e-4, "backbone_lr": 1e-5}, flip=False)
     result = finetune_retrieval(start, paths, tmp_path / "ft", config,
                                 {"max_steps": 8, "log_every": 1, "save_every": 0, "progress_bar": False, "cpu": True})
     tuned = RetrievalModel.from_pretrained(tmp_path / "ft" / "model").eval()

@@ -35,7 +35,7 @@ def models():
     caption = CaptionModel(e2evlp(), None, 72, 90)
     retrieval = RetrievalModel(e2evlp(), None, "random", 64, 96, 24)
     detection = DetectionModel(e2evlp(), paired_text=False)
-    vqa_recipe, nlvr2_recipe = VQAConfig(lr=3e-4), NLVR2Config(lr=2e-4)
+    vqa_recipe, nlvr2_recipe = VQAConfig(trainer={"lr": 3e-4}), NLVR2Config(trainer={"lr": 2e-4})
     caption_recipe = CaptioningConfig(eval_size=72, max_size=90)
     retrieval_recipe = RetrievalConfig(eval_size=64, max_size=96, max_text_length=24)
     detection_recipe = DetectionConfig(paired_text=False)

@@ -84,7 +84,8 @@ def _batch(data, vocab, model, split="val", n=6):
 
 def test_config_defaults_roundtrip_and_errors():
     cfg = VQAConfig()
-    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.lr_drop_epochs, cfg.lr_drop_factor) == (32, 12, 1e-4, [6, 9], 0.1)
+    t = cfg.trainer
+    assert (t.batch_size, t.epochs, t.lr, t.lr_drop_epochs, t.lr_drop_factor) == (32, 12, 1e-4, [6, 9], 0.1)
     assert VQAConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="lerning_rate.*valid fields.*batch_size"):
         VQAConfig.from_dict({"lerning_rate": 1})
@@ -267,8 +268,8 @@ def test_short_finetuning_lowers_the_loss_and_trains_the_encoder(tmp_path, setup
     torch.manual_seed(0)
     fresh = build_e2evlp("e2evlp-tiny", **setup.model_overrides())
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    cfg = VQAConfig(batch_size=8, lr=5e-4, backbone_lr=1e-4, lr_drop_epochs=[], answer_min_count=1,
-                    train_scales=[64], **SIZE)
+    cfg = VQAConfig(trainer={"batch_size": 8, "lr": 5e-4, "backbone_lr": 1e-4, "lr_drop_epochs": []},
+                    answer_min_count=1, train_scales=[64], **SIZE)
     report = finetune_vqa(fresh, setup, tmp_path / "run", cfg,
                           {"max_steps": 6, "progress_bar": False, "save_every": 0, "log_every": 1})
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -289,8 +290,8 @@ def test_frozen_trunk_finetuning_leaves_the_trunk_and_reuses_its_features(tmp_pa
     torch.manual_seed(0)
     fresh = build_e2evlp("e2evlp-tiny", **setup.model_overrides())
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
-    cfg = VQAConfig(batch_size=8, lr=5e-4, lr_drop_epochs=[], answer_min_count=1, train_scales=[64],
-                    frozen_trunk=True, **SIZE)
+    cfg = VQAConfig(trainer={"batch_size": 8, "lr": 5e-4, "lr_drop_epochs": []}, answer_min_count=1,
+                    train_scales=[64], frozen_trunk=True, **SIZE)
     report = finetune_vqa(fresh, setup, tmp_path / "run", cfg,
                           {"max_steps": 12, "progress_bar": False, "save_every": 0, "log_every": 1})
     after = fresh.state_dict()

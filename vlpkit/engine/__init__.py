@@ -10,10 +10,10 @@ from .optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from .sampler import ResumableDistributedSampler
 from .seeding import capture_rng_state, restore_rng_state, seed_everything
 from .state import CheckpointManager, resolve_checkpoint
-from .trainer import TASK_PRESETS, NonFiniteLossError, Trainer, TrainerConfig
+from .trainer import NonFiniteLossError, Trainer, TrainerConfig
 
 __all__ = [
-    "Trainer", "TrainerConfig", "TASK_PRESETS", "NonFiniteLossError", "MetricLogger", "read_log",
+    "Trainer", "TrainerConfig", "NonFiniteLossError", "MetricLogger", "read_log",
     "build_optimizer", "build_scheduler", "lr_factor", "param_groups", "ResumableDistributedSampler",
     "seed_everything", "capture_rng_state", "restore_rng_state", "CheckpointManager", "resolve_checkpoint",
 ]

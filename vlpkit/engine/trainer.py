@@ -74,11 +74,6 @@ STATE_FORMAT_VERSION = 1
 # fields that fix the data order and the loss scaling: changing them on resume breaks exact continuation
 _ORDER_FIELDS = ("batch_size", "grad_accum_steps", "seed", "shuffle", "drop_last")
 
-TASK_PRESETS: dict[str, dict[str, Any]] = {
-    "pretrain": {},
-    "vqa": {"lr": 1e-4, "epochs": 12, "lr_drop_epochs": [6, 9]},
-}
-
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term or the gradient norm is NaN/inf; raised before the optimizer step could use it."""
@@ -171,13 +166,6 @@ class TrainerConfig(DictConfig):
         check(0.0 < self.lr_drop_factor <= 1.0, f"lr_drop_factor={self.lr_drop_factor}; expected in (0, 1]")
         check(all(e > 0 for e in self.lr_drop_epochs) and self.lr_drop_epochs == sorted(self.lr_drop_epochs),
               f"lr_drop_epochs={self.lr_drop_epochs}; expected increasing epochs > 0")
-
-    @classmethod
-    def for_task(cls, task: str, **overrides: Any) -> TrainerConfig:
-        """The defaults with a task's overrides (`TASK_PRESETS`, e.g. "vqa": lr 1e-4, 12 epochs, drops at 6, 9)."""
-        if task not in TASK_PRESETS:
-            raise ConfigError(f"unknown task {task!r}; valid tasks: {sorted(TASK_PRESETS)}")
-        return cls().replace(**{**TASK_PRESETS[task], **overrides})
 
 
 LossFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]

@@ -5,7 +5,7 @@
   `save_pretrained(dir, config)` writes the weights, the tokenizer and the fine-tuning recipe, which
   `load_finetuned` reads back for evaluation. Its `forward(batch)` returns a typed output: `TaskOutput` (VQA,
   NLVR2, captioning, retrieval) or `DetectionOutput` (detection).
-- `TaskConfig`: the recipe dataclasses' dict round trip (unknown keys named) and their `TrainerConfig`.
+- `TaskConfig`: the recipe dataclasses' dict round trip (unknown keys named) and their nested `TrainerConfig`.
 - `TaskData`: VQA's and NLVR2's data descriptions resolved from a shapes world, "shapes", a dict or a file.
 - Tokenizer plumbing (`find_tokenizer`, `check_tokenizer`, `tokenizer_overrides`, `fresh_overrides`).
 
@@ -43,6 +43,7 @@ from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..engine import TrainerConfig
 from ..model_folder import locate_pretrained
 from ..models import E2EVLP
+from ..schema import ConfigError
 from ..yamlio import load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,10 @@ TASK_JSON = "task.json"  # the task-model folder's own record (TaskModel)
 # Image sizes (VQA, NLVR2): DETR's / E2E-VLP's for real images, the demo recipe's for the 128-px shapes world.
 IMAGE_DEFAULTS = {"files": {"train_scales": list(range(480, 801, 32)), "max_size": 1333, "eval_size": 800},
                   "shapes": {"train_scales": [128], "max_size": 160, "eval_size": 128}}
-# TaskConfig fields that are TrainerConfig fields of the same meaning (a recipe without one keeps the default)
-RECIPE_TRAINER_FIELDS = ("epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "clip_max_norm",
-                         "warmup_steps", "lr_drop_epochs", "lr_drop_factor", "seed")
+# the TrainerConfig fields that recipes held at their top level before they nested a TrainerConfig (read back by
+# TaskConfig.from_dict from the task.json of earlier folders)
+FLAT_TRAINER_FIELDS = ("epochs", "batch_size", "lr", "backbone_lr", "weight_decay", "clip_max_norm",
+                       "warmup_steps", "lr_drop_epochs", "lr_drop_factor", "seed")
 
 
 @dataclass
@@ -101,13 +103,58 @@ def load_e2evlp(checkpoint: str | Path | E2EVLP | None, preset: str = "e2evlp-ti
 
 
 # ---- recipes -------------------------------------------------------------------------------------------------
+def task_trainer(**fields: Any) -> TrainerConfig:
+    """The `TrainerConfig` of a task recipe: the TaskModel's ResNet trains at `backbone_lr` (`BACKBONE_PREFIX`),
+    DDP tolerates the heads a task leaves without gradient (`find_unused_parameters`), then `fields`."""
+    return TrainerConfig(backbone_prefix=BACKBONE_PREFIX, find_unused_parameters=True, **fields)
+
+
 class TaskConfig(DictConfig):
-    """Mixin of the task recipe dataclasses: the dict round trip (`DictConfig`), image sizes per kind of data,
-    the `TrainerConfig`."""
+    """Mixin of the task recipe dataclasses: the dict round trip (`DictConfig`), image sizes per kind of data, and
+    the nested `trainer`: the recipe's `TrainerConfig` (batch size, epochs, learning rates and their schedule,
+    seed), whose defaults are the task's (paper) recipe.
+
+    Subclasses declare `trainer: TrainerConfig = field(default_factory=lambda: task_trainer(...))` and call
+    `self.check_trainer()` in `__post_init__`. `trainer` may also be given as a dict of changes to the task's
+    defaults (`VQAConfig(trainer={"lr": 3e-4})`, YAML, `from_dict`, `replace(trainer={...})`).
+    """
+
+    trainer: TrainerConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.config_label = cls.__name__  # "unknown VQAConfig field(s) ..."
+
+    @classmethod
+    def default_trainer(cls) -> TrainerConfig:
+        """The task's own `TrainerConfig` defaults (the `trainer` field's)."""
+        return cls.__dataclass_fields__["trainer"].default_factory()  # type: ignore[attr-defined]
+
+    def check_trainer(self) -> None:
+        """A dict `trainer` becomes the task's defaults with those changes (unknown fields named)."""
+        if isinstance(self.trainer, Mapping):
+            self.trainer = self.default_trainer().replace(**self.trainer)
+        elif not isinstance(self.trainer, TrainerConfig):
+            raise ConfigError(f"{type(self).__name__}.trainer: expected a TrainerConfig or a dict of its fields, "
+                              f"got {type(self.trainer).__name__}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """As `DictConfig.from_dict`; a recipe written before recipes nested their `TrainerConfig` (trainer fields
+        at the top level, as in the task.json of earlier folders) is read with those fields moved to `trainer`."""
+        data = dict(data)
+        flat = {k: data.pop(k) for k in list(data) if k in FLAT_TRAINER_FIELDS and k not in cls.field_names()}
+        if flat:
+            logger.warning("%s: %s given at the top level of the recipe; read as trainer.%s (recipes nest them "
+                           "under 'trainer')", cls.__name__, sorted(flat), "/".join(sorted(flat)))
+            data["trainer"] = {**flat, **dict(data.get("trainer") or {})}
+        return super().from_dict(data)
+
+    def replace(self, **changes: Any):
+        """As `DictConfig.replace`; `trainer` may be a dict of changes to the present trainer."""
+        if isinstance(changes.get("trainer"), Mapping):
+            changes["trainer"] = self.trainer.replace(**changes["trainer"])
+        return super().replace(**changes)
 
     def image_settings(self, kind: str) -> dict[str, Any]:
         """`train_scales`, `max_size`, `eval_size`: the set values, else the defaults of data `kind` ("shapes" or
@@ -116,22 +163,9 @@ class TaskConfig(DictConfig):
 
     def trainer_config(self, output_dir: str | Path, overrides: Mapping[str, Any] | None = None,
                        **more: Any) -> TrainerConfig:
-        """The `TrainerConfig` of this recipe; `overrides` (a mapping) and `more` (keywords) are TrainerConfig
-        fields applied last (see `task_trainer_config`)."""
-        return task_trainer_config(self, output_dir, overrides, **more)
-
-
-def task_trainer_config(config, output_dir: str | Path, overrides: Mapping[str, Any] | None = None,
-                        **more: Any) -> TrainerConfig:
-    """A `TrainerConfig` from the recipe fields a task config has (`RECIPE_TRAINER_FIELDS`: batch_size, epochs, lr,
-    backbone_lr, lr_drop_epochs, ...; missing ones keep TrainerConfig's defaults), the TaskModel backbone prefix
-    and DDP's `find_unused_parameters` (tasks leave the heads they do not use without gradient), then `overrides`
-    and `more` (TrainerConfig fields)."""
-    recipe = {name: getattr(config, name) for name in RECIPE_TRAINER_FIELDS if hasattr(config, name)}
-    recipe["lr_drop_epochs"] = list(recipe.get("lr_drop_epochs", []))
-    base = TrainerConfig(output_dir=str(output_dir), backbone_prefix=BACKBONE_PREFIX, find_unused_parameters=True,
-                         **recipe)
-    return base.replace(**{**dict(overrides or {}), **more})
+        """The run's `TrainerConfig`: `trainer` writing to `output_dir`, with `overrides` (a mapping) and `more`
+        (keywords) applied last (e.g. `max_steps`, which a recipe leaves to the run)."""
+        return self.trainer.replace(output_dir=str(output_dir), **{**dict(overrides or {}), **more})
 
 
 # ---- data descriptions ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ..data.raw_images import as_image_list, prepare_images
 from ..data.readers import CocoCaptions, KarpathyDataset
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import TrainerConfig
 from ..generation.length_penalty import LENGTH_PENALTY_STYLES
 from ..losses.label_smoothing import label_smoothed_cross_entropy
 from ..metrics.captioning import (
@@ -46,7 +47,7 @@ from ..models import E2EVLP
 from ..ops.distributed import gather_shards, reduce_counts, shard_range
 from ..outputs import GenerationOutput
 from ..yamlio import load_yaml_file
-from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public here too)
+from .base import (  # noqa: F401  (BACKBONE_PREFIX: public here too)
     BACKBONE_PREFIX,
     TaskConfig,
     TaskModel,
@@ -54,7 +55,7 @@ from .base import (  # noqa: F401  (BACKBONE_PREFIX, task_trainer_config: public
     find_tokenizer,
     load_e2evlp,
     load_finetuned,
-    task_trainer_config,
+    task_trainer,
     tokenizer_overrides,
 )
 from .finetuning import FinetuneResult, run_finetune
@@ -75,17 +76,10 @@ class CaptioningConfig(TaskConfig):
     epsilon 0.1, DETR's image sizes without the random crop (a crop can cut away what the caption mentions).
     """
 
-    batch_size: int = 64
-    epochs: int = 10
-    lr: float = 5e-5
-    backbone_lr: float = 5e-6
+    trainer: TrainerConfig = field(default_factory=lambda: task_trainer(
+        batch_size=64, epochs=10, lr=5e-5, backbone_lr=5e-6, weight_decay=1e-4, clip_max_norm=0.1, seed=42))
     frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
     trunk_cache_megabytes: float = 2048.0
-    weight_decay: float = 1e-4
-    lr_drop_epochs: list[int] = field(default_factory=list)
-    warmup_steps: int = 0
-    clip_max_norm: float = 0.1
-    seed: int = 42
     label_smoothing: float = 0.1
     max_caption_length: int = DEFAULT_MAX_TEXT_LENGTH  # tokens of `[CLS] caption [SEP]` in teacher forcing
     num_beams: int = 4
@@ -107,7 +101,7 @@ class CaptioningConfig(TaskConfig):
     max_eval_images: int | None = None  # evaluate on the first N images of a split (None: all)
 
     def __post_init__(self) -> None:
-        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        self.check_trainer()
         self.train_scales = [int(s) for s in self.train_scales]
         self.metrics = list(self.metrics)
         problems = []
@@ -126,9 +120,8 @@ class CaptioningConfig(TaskConfig):
             problems.append(f"eval_tokenizer={self.eval_tokenizer!r} (expected 'auto', 'ptb' or 'simple')")
         if not self.metrics or any(m not in METRICS for m in self.metrics):
             problems.append(f"metrics={self.metrics} (expected names from {METRICS})")
-        if self.batch_size < 1 or self.eval_batch_size < 1 or self.epochs < 1:
-            problems.append(f"batch_size={self.batch_size}, eval_batch_size={self.eval_batch_size}, "
-                            f"epochs={self.epochs} (expected >= 1)")
+        if self.eval_batch_size < 1:
+            problems.append(f"eval_batch_size={self.eval_batch_size} (expected >= 1)")
         if problems:
             raise ValueError("invalid CaptioningConfig: " + "; ".join(problems))
 

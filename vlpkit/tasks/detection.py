@@ -40,6 +40,7 @@ from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.coco import CocoWithCaptions
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import TrainerConfig
 from ..losses import SetCriterion
 from ..metrics.detection import evaluate_detections, to_coco_results
 from ..model_folder import load_labels, locate_pretrained, save_labels, save_preprocessing
@@ -53,6 +54,7 @@ from .base import (
     fresh_overrides,
     load_e2evlp,
     load_finetuned,
+    task_trainer,
 )
 from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
@@ -77,15 +79,11 @@ class DetectionConfig(TaskConfig):
 
     paired_text: bool = True
     # optimisation (per process)
-    batch_size: int = 4
-    epochs: int = 150
-    lr_drop_epochs: list[int] = field(default_factory=lambda: [100])
-    lr: float = 1e-4
-    backbone_lr: float = 1e-5
+    trainer: TrainerConfig = field(default_factory=lambda: task_trainer(
+        batch_size=4, epochs=150, lr_drop_epochs=[100], lr=1e-4, backbone_lr=1e-5, weight_decay=1e-4,
+        clip_max_norm=0.1, seed=42))
     frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
     trunk_cache_megabytes: float = 2048.0
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
     # set prediction
     eos_coef: float = 0.1
     cost_class: float = 1.0
@@ -106,8 +104,8 @@ class DetectionConfig(TaskConfig):
     max_eval_images: int | None = None
 
     def __post_init__(self) -> None:
+        self.check_trainer()
         self.train_scales = [int(s) for s in self.train_scales]
-        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
         if not isinstance(self.paired_text, bool):
             raise ValueError(f"paired_text must be true or false, got {self.paired_text!r}")
         if not self.train_scales or max(self.train_scales) >= self.max_size:

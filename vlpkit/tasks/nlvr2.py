@@ -34,6 +34,7 @@ from ..data.raw_images import prepare_images
 from ..data.readers.nlvr2 import NLVR2Dataset
 from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import TrainerConfig
 from ..metrics import nlvr2 as nlvr2_metric
 from ..models import E2EVLP
 from ..ops.distributed import gather_shards, shard_range
@@ -50,6 +51,7 @@ from .base import (
     load_e2evlp,
     load_finetuned,
     mean_by_group,
+    task_trainer,
 )
 from .finetuning import FinetuneResult, results_scorers, run_finetune
 from .registry import Task, register_task
@@ -63,28 +65,21 @@ class NLVR2Config(TaskConfig):
     """Fine-tuning hyper-parameters; the defaults are the paper's recipe (the same schedule as VQA).
 
     `train_scales`, `max_size` and `eval_size` left at None take the data's defaults (see `VQAConfig`).
-    Trainer settings not listed here go in `trainer_overrides`.
+    `trainer`: the optimisation recipe (`TrainerConfig`); a run's own settings go in `trainer_overrides`.
     """
 
-    batch_size: int = 32
-    epochs: int = 12
-    lr: float = 1e-4
-    backbone_lr: float = 1e-5
+    trainer: TrainerConfig = field(default_factory=lambda: task_trainer(
+        batch_size=32, epochs=12, lr=1e-4, backbone_lr=1e-5, lr_drop_epochs=[6, 9], lr_drop_factor=0.1,
+        weight_decay=1e-4, clip_max_norm=0.1, seed=42))
     frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
     trunk_cache_megabytes: float = 2048.0
-    lr_drop_epochs: list[int] = field(default_factory=lambda: [6, 9])
-    lr_drop_factor: float = 0.1
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
-    warmup_steps: int = 0
-    seed: int = 42
     train_scales: list[int] | None = None
     max_size: int | None = None
     eval_size: int | None = None
     eval_batch_size: int = 64  # pairs
 
     def __post_init__(self) -> None:
-        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        self.check_trainer()
         if self.train_scales is not None:
             self.train_scales = [int(s) for s in self.train_scales]
 

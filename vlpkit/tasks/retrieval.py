@@ -37,6 +37,7 @@ from ..data.masking import normalise_caption
 from ..data.raw_images import as_image_list, prepare_images
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH
 from ..data.transforms import make_eval_transforms, make_train_transforms
+from ..engine import TrainerConfig
 from ..losses.circle import circle_loss
 from ..metrics.retrieval import RetrievalResult, retrieval_recall
 from ..models import E2EVLP
@@ -50,6 +51,7 @@ from .base import (
     find_tokenizer,
     load_e2evlp,
     load_finetuned,
+    task_trainer,
 )
 from .captioning import (
     DETR_TRAIN_SCALES,
@@ -80,17 +82,10 @@ class RetrievalConfig(TaskConfig):
     per positive, backbone lr lr/10 (DETR's ratio), DETR's image sizes without the crop, re-ranking k = 128.
     """
 
-    batch_size: int = 64
-    epochs: int = 4
-    lr: float = 5e-5
-    backbone_lr: float = 5e-6
+    trainer: TrainerConfig = field(default_factory=lambda: task_trainer(
+        batch_size=64, epochs=4, lr=5e-5, backbone_lr=5e-6, weight_decay=1e-4, clip_max_norm=0.1, seed=42))
     frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
     trunk_cache_megabytes: float = 2048.0
-    weight_decay: float = 1e-4
-    lr_drop_epochs: list[int] = field(default_factory=list)
-    warmup_steps: int = 0
-    clip_max_norm: float = 0.1
-    seed: int = 42
     margin: float = 0.4
     gamma: float = 80.0
     num_text_negatives: int = 3  # wrong captions per image anchor
@@ -115,7 +110,7 @@ class RetrievalConfig(TaskConfig):
     max_eval_images: int | None = None  # evaluate on the first N images of a split and their captions
 
     def __post_init__(self) -> None:
-        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        self.check_trainer()
         self.train_scales = [int(s) for s in self.train_scales]
         self.ks = [int(k) for k in self.ks]
         problems = []
@@ -135,7 +130,7 @@ class RetrievalConfig(TaskConfig):
         if self.negatives == "hard" and self.hard_negative_pool < max(self.num_text_negatives,
                                                                       self.num_image_negatives):
             problems.append(f"hard_negative_pool={self.hard_negative_pool} < the number of negatives kept")
-        for name in ("batch_size", "epochs", "rerank_k", "image_batch_size", "pair_batch_size"):
+        for name in ("rerank_k", "image_batch_size", "pair_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)} (expected >= 1)")
         if not self.ks or min(self.ks) < 1:
@@ -652,7 +647,8 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     model.max_text_length = config.max_text_length
     train_tf = make_train_transforms(scales=config.train_scales, max_size=config.max_size, crop=config.crop,
                                      flip=config.flip)
-    train_set = RetrievalTrainDataset(data.split(config.train_split).reader("image", train_tf), config.seed)
+    train_set = RetrievalTrainDataset(data.split(config.train_split).reader("image", train_tf),
+                                      config.trainer.seed)
     scorers = split_scorers(evaluate_retrieval, data, config)
     return run_finetune("retrieval", model, functools.partial(retrieval_loss, config=config), train_set,
                         RetrievalCollator(data.tokenizer, config.max_text_length), config, output_dir,

@@ -38,10 +38,11 @@ from ..data.readers.vqa import VQADataset, build_answer_vocab
 from ..data.tokenization import load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..data.vocab import Vocab, as_vocab
+from ..engine import TrainerConfig
 from ..metrics import vqa as vqa_metric
 from ..models import E2EVLP
 from ..ops.distributed import gather_shards, shard_range
-from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_trainer_config: public here too)
+from .base import (  # noqa: F401  (BACKBONE_PREFIX, find_tokenizer, tokenizer_overrides: public here too)
     BACKBONE_PREFIX,
     IMAGE_DEFAULTS,
     TOKENIZER_DIR,
@@ -57,7 +58,7 @@ from .base import (  # noqa: F401  (find_tokenizer, tokenizer_overrides, task_tr
     load_e2evlp,
     load_finetuned,
     mean_by_group,
-    task_trainer_config,
+    task_trainer,
     tokenizer_overrides,
     write_json,
 )
@@ -74,21 +75,16 @@ class VQAConfig(TaskConfig):
 
     `train_scales`, `max_size` and `eval_size` left at None take the data's defaults: DETR's multi-scale
     480..800 (longer side <= 1333, evaluation at 800) for real images, 128 / 160 / 128 for the shapes world.
-    Trainer settings not listed here (max_steps, num_workers, mixed_precision, ...) go in `trainer_overrides`.
+    `trainer` is the optimisation recipe (a `TrainerConfig`: UNITER's / E2E-VLP's batch 32, lr 1e-4, backbone lr
+    1e-5, 12 epochs with x0.1 drops at epochs 6 and 9); a run's own settings (max_steps, num_workers, ...) go in
+    `trainer_overrides`.
     """
 
-    batch_size: int = 32
-    epochs: int = 12
-    lr: float = 1e-4
-    backbone_lr: float = 1e-5
+    trainer: TrainerConfig = field(default_factory=lambda: task_trainer(
+        batch_size=32, epochs=12, lr=1e-4, backbone_lr=1e-5, lr_drop_epochs=[6, 9], lr_drop_factor=0.1,
+        weight_decay=1e-4, clip_max_norm=0.1, seed=42))
     frozen_trunk: bool = False  # not the paper: trunk frozen, features cached per image (feature_cache.py)
     trunk_cache_megabytes: float = 2048.0
-    lr_drop_epochs: list[int] = field(default_factory=lambda: [6, 9])
-    lr_drop_factor: float = 0.1
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1
-    warmup_steps: int = 0
-    seed: int = 42
     answer_vocab_size: int | None = 3129  # bottom-up-attention-vqa's vocabulary on VQA v2 train+val
     answer_min_count: int = 9
     head_hidden_multiplier: int = 2  # head width = multiplier x d_model (UNITER: 2)
@@ -98,7 +94,7 @@ class VQAConfig(TaskConfig):
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        self.lr_drop_epochs = [int(e) for e in self.lr_drop_epochs]
+        self.check_trainer()
         if self.train_scales is not None:
             self.train_scales = [int(s) for s in self.train_scales]
         if self.head_hidden_multiplier < 1:

@@ -6,7 +6,6 @@
   `load_finetuned` reads back for evaluation. Its `forward(batch)` returns a typed output: `TaskOutput` (VQA,
   NLVR2, captioning, retrieval) or `DetectionOutput` (detection).
 - `TaskConfig`: the recipe dataclasses' dict round trip (unknown keys named) and their nested `TrainerConfig`.
-- `TaskData`: VQA's and NLVR2's data descriptions resolved from a shapes world, "shapes", a dict or a file.
 - Tokenizer plumbing (`find_tokenizer`, `check_tokenizer`, `tokenizer_overrides`, `fresh_overrides`).
 
 The fine-tuning loop every task runs, and `finetune` / `evaluate` by task name, are in `vlpkit.tasks.finetuning`.
@@ -44,7 +43,6 @@ from ..engine import TrainerConfig
 from ..model_folder import locate_pretrained
 from ..models import E2EVLP
 from ..schema import ConfigError
-from ..yamlio import load_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -169,47 +167,6 @@ class TaskConfig(DictConfig):
 
 
 # ---- data descriptions ---------------------------------------------------------------------------------------
-def is_shapes_setup(obj: Any) -> bool:
-    """A `vlpkit.data.shapes.setup.ShapesSetup` (duck-typed: a world, a tokenizer and `model_overrides`)."""
-    return hasattr(obj, "world") and hasattr(obj, "tokenizer") and callable(getattr(obj, "model_overrides", None))
-
-
-def resolve_shapes(data: Any, num_images: int = 2000) -> Any:
-    """`"shapes"` -> the default shapes world of `num_images` images (`prepare_shapes`); anything else as is."""
-    if isinstance(data, str) and data == "shapes":
-        from ..data.shapes.setup import prepare_shapes
-
-        return prepare_shapes(num_images=num_images)
-    return data
-
-
-class TaskData:
-    """Mixin of the data descriptions of VQA and NLVR2 (which define `from_shapes(setup)` and
-    `from_dict(data, base_dir)`, and name their task in `task_name`)."""
-
-    task_name: ClassVar[str] = "task"
-
-    @classmethod
-    def resolve(cls, setup_or_paths):
-        """An instance, a `ShapesSetup`, `"shapes"` (the default shapes world), a dict, or a YAML/JSON description
-        file (relative paths in it are read from its folder)."""
-        if isinstance(setup_or_paths, cls):
-            return setup_or_paths
-        setup_or_paths = resolve_shapes(setup_or_paths)
-        if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "tokenizer"):
-            return cls.from_shapes(setup_or_paths)
-        if isinstance(setup_or_paths, Mapping):
-            return cls.from_dict(setup_or_paths)
-        if isinstance(setup_or_paths, (str, Path)):
-            path = Path(setup_or_paths)
-            if not path.is_file():
-                raise FileNotFoundError(f"{cls.task_name} data description not found: {path} (expected 'shapes' or "
-                                        "a YAML/JSON file with 'train' and 'eval' splits)")
-            return cls.from_dict(load_yaml_file(path), path.parent)
-        raise TypeError(f"expected a {cls.__name__}, ShapesSetup, 'shapes' or a description file, "
-                        f"got {type(setup_or_paths).__name__}")
-
-
 def eval_split(splits: Mapping[str, Any], name: str, task: str, aliases: Mapping[str, str] | None = None):
     """`splits[name]` (or `splits[aliases[name]]`), or a `KeyError` naming the available splits."""
     if name not in splits and aliases and aliases.get(name) in splits:

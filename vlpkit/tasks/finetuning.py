@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from ..checkpoint import atomic_write
+from ..data.task_data import resolve_shapes
 from ..engine import Trainer, TrainerConfig
 from ..model_folder import LABELS_NAME, locate_pretrained
 from ..models.feature_cache import GridFeatureCache, freeze_trunk
-from .base import TaskModel, resolve_shapes, write_json
+from .base import TaskModel, write_json
 from .registry import get_task
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ Recipe (E2E-VLP, following LXMERT / UNITER's "paired" setting):
 
 * each image of the pair is encoded with the sentence, `[CLS] sentence [SEP] image grid`; the two images of a
   batch of B pairs go through `encode` as one batch of 2B (pair i: rows 2i = left, 2i+1 = right, the sentence
-  repeated), and the `[CLS]` states [2B, d] are reshaped to [B, 2d] = (left ; right);
+  repeated), and the `[CLS]` states [2B, d] (the text means with `pooling: text_mean`) are reshaped to
+  [B, 2d] = (left ; right);
 * head: Linear(2d, 2d) - GELU - LayerNorm - Linear(2d, 2) (`NLVR2Head`; index 1 = True); cross-entropy;
 * optimisation: the VQA recipe (batch 32, 12 epochs, lr 1e-4 with x0.1 after epochs 6 and 9);
 * metric: the official accuracy (and consistency) of `nlvr2/eval/metrics.py` on the official prediction CSV
@@ -18,7 +19,6 @@ Images are never flipped: "left"/"right" name the two images, not positions insi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.raw_images import prepare_images
 from ..data.readers.nlvr2 import NLVR2Dataset
-from ..data.tokenization import load_tokenizer
+from ..data.task_data import NLVR2Data, NLVR2Split
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import TrainerConfig
 from ..metrics import nlvr2 as nlvr2_metric
@@ -41,7 +40,6 @@ from ..ops.distributed import gather_shards, shard_range
 from .base import (
     MLPClassifier,
     TaskConfig,
-    TaskData,
     TaskModel,
     TaskOutput,
     check_tokenizer,
@@ -85,71 +83,6 @@ class NLVR2Config(TaskConfig):
 
 
 # ---- data ------------------------------------------------------------------------------------------------
-@dataclass
-class NLVR2Split:
-    """One NLVR2 split: the official JSON-lines file and its image folder (`images/train`, `dev`, `test1`), and
-    optionally a group per identifier (the shapes world's statement families), by which accuracy is also
-    reported."""
-
-    jsonl: Path
-    image_root: Path
-    groups: Mapping[str, str] | None = None
-
-    def __post_init__(self) -> None:
-        self.jsonl, self.image_root = Path(self.jsonl), Path(self.image_root)
-
-    def dataset(self, transforms=None) -> NLVR2Dataset:
-        return NLVR2Dataset(self.jsonl, self.image_root, transforms=transforms)
-
-
-@dataclass
-class NLVR2Data(TaskData):
-    """The training split, evaluation splits by name (dev, test1), the tokenizer, the kind of data ("shapes" or
-    "files": chooses the default image sizes) and, for the shapes world, majority-label baselines."""
-
-    train: NLVR2Split
-    eval: dict[str, NLVR2Split]
-    tokenizer: Any = None
-    kind: str = "files"
-    baselines: dict[str, Any] = field(default_factory=dict)
-    task_name = "NLVR2"  # in error messages of `resolve` (a class attribute, not a field)
-
-    @classmethod
-    def from_shapes(cls, setup) -> NLVR2Data:
-        world = setup.world
-        stats = world.stats()["nlvr2"]
-
-        def split(name: str, families: bool = False) -> NLVR2Split:
-            # statement families only where accuracy is reported (the scene files also hold every image's scene)
-            scenes = world.scenes(f"nlvr2_{name}")
-            groups = json.loads(scenes.read_text()).get("statement_families") if families and scenes.is_file() \
-                else None
-            return NLVR2Split(world.nlvr2(name), world.nlvr2_image_dir(name), groups)
-
-        evals = {s: split(s, families=True) for s in ("dev", "test1") if stats.get(s, {}).get("num_statements")}
-        baselines = {s: {"majority_label": 100 * stats[s]["majority_accuracy"]} for s in evals}
-        return cls(split("train"), evals, setup.tokenizer, "shapes", baselines)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path = ".") -> NLVR2Data:
-        """From `{"train": split, "eval": {name: split}, "tokenizer": dir?}` where a split is `{"jsonl",
-        "image_root"}`; relative paths are read from `base_dir`."""
-        base = Path(base_dir)
-        unknown = sorted(set(data) - {"train", "eval", "tokenizer"})
-        if unknown or "train" not in data or "eval" not in data:
-            raise ConfigError(f"NLVR2 data description needs 'train' and 'eval' (optional 'tokenizer'); got keys "
-                              f"{sorted(data)}")
-
-        def split(d: Mapping[str, Any], where: str) -> NLVR2Split:
-            if not isinstance(d, Mapping) or set(d) != {"jsonl", "image_root"}:
-                raise ConfigError(f"NLVR2 data {where}: expected keys 'jsonl' and 'image_root', got {d!r}")
-            return NLVR2Split(base / Path(d["jsonl"]).expanduser(), base / Path(d["image_root"]).expanduser())
-
-        tokenizer = load_tokenizer(base / Path(data["tokenizer"]).expanduser()) if data.get("tokenizer") else None
-        return cls(split(data["train"], "train"), {n: split(d, f"eval[{n!r}]") for n, d in data["eval"].items()},
-                   tokenizer)
-
-
 class NLVR2Collator:
     """NLVR2Dataset samples -> `Batch` of B pairs.
 

@@ -1,6 +1,7 @@
 """Image-text retrieval (Flickr30K / COCO) with a cross-modal matching score and circle loss.
 
-- score: `RetrievalHead` on the fused [CLS] state of `[CLS] text [SEP] grid` -> one logit per (image, text) pair.
+- score: `RetrievalHead` on the fused [CLS] state of `[CLS] text [SEP] grid` (the text mean with the model's
+  `pooling: text_mean`) -> one logit per (image, text) pair.
   By default it starts as the pretrained ITM head's log-odds: pooler copied, weight = w_matched - w_unmatched,
   bias = b_matched - b_unmatched, so sigmoid(logit) equals the ITM "matched" probability before fine-tuning.
 - loss: circle loss (Sun et al., 2020; `vlpkit.losses.circle`) on the similarity s = sigmoid(logit) in [0, 1].

@@ -3,7 +3,8 @@
 Recipe (E2E-VLP, following UNITER / bottom-up-attention-vqa):
 
 * input: `[CLS] question [SEP] image grid` through the cross-modal encoder;
-* head: Linear(d, 2d) - GELU - LayerNorm - Linear(2d, num_answers) on the final `[CLS]` state (`VQAHead`);
+* head: Linear(d, 2d) - GELU - LayerNorm - Linear(2d, num_answers) on the final `[CLS]` state (`VQAHead`; the
+  text mean with the model's `pooling: text_mean`, not in the paper);
 * target: the soft scores of every vocabulary answer (0, 0.3, 0.6, 0.9, 1: the official leave-one-out accuracy of
   answering it), from `vlpkit.data.readers.VQADataset`;
 * loss: binary cross-entropy with logits averaged over elements times the number of answers, i.e. summed over
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,7 +35,7 @@ from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.raw_images import prepare_images
 from ..data.readers.vqa import VQADataset, build_answer_vocab
-from ..data.tokenization import load_tokenizer
+from ..data.task_data import VQAData, VQASplit  # noqa: F401  (VQASplit: public here too)
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..data.vocab import Vocab, as_vocab
 from ..engine import TrainerConfig
@@ -48,7 +48,6 @@ from .base import (  # noqa: F401  (BACKBONE_PREFIX, find_tokenizer, tokenizer_o
     TOKENIZER_DIR,
     MLPClassifier,
     TaskConfig,
-    TaskData,
     TaskModel,
     TaskOutput,
     check_tokenizer,
@@ -104,118 +103,6 @@ class VQAConfig(TaskConfig):
 
 
 # ---- data ------------------------------------------------------------------------------------------------
-def _format_image_name(pattern: str, image_id: int) -> str:
-    return pattern.format(image_id=int(image_id))
-
-
-@dataclass
-class VQASplit:
-    """One VQA split on disk.
-
-    Attributes:
-        questions: `v2_OpenEnded_mscoco_<subtype>_questions.json`.
-        annotations: `v2_mscoco_<subtype>_annotations.json`, or None (test-dev / test: no answers).
-        image_root: the folder of the split's images.
-        image_name: file-name pattern with `{image_id}` (e.g. `"shapes_val_{image_id:012d}.png"`); None: COCO's
-            `COCO_<data_subtype>_<id:012d>.jpg`.
-        groups: optionally a group per question id (the shapes world's question families), by which accuracy is
-            also reported.
-    """
-
-    questions: Path
-    annotations: Path | None
-    image_root: Path
-    image_name: str | None = None
-    groups: Mapping[int, str] | None = None
-
-    def __post_init__(self) -> None:
-        self.questions = Path(self.questions)
-        self.annotations = None if self.annotations is None else Path(self.annotations)
-        self.image_root = Path(self.image_root)
-
-    def dataset(self, answer_vocab: Vocab | None, transforms=None) -> VQADataset:
-        name_fn = None if self.image_name is None else partial(_format_image_name, self.image_name)
-        return VQADataset(self.questions, self.annotations, self.image_root, answer_vocab, name_fn,
-                          transforms=transforms)
-
-
-@dataclass
-class VQAData(TaskData):
-    """Where the data is: training splits (concatenated), evaluation splits by name, the tokenizer and the answer
-    vocabulary (None: built from the training annotations with `VQAConfig.answer_vocab_size/answer_min_count`).
-
-    `kind` is "shapes" or "files" (chooses the default image sizes); `baselines` holds the shapes world's blind
-    baselines per evaluation split when known.
-    """
-
-    train: list[VQASplit]
-    eval: dict[str, VQASplit]
-    tokenizer: Any = None
-    answer_vocab: Vocab | None = None
-    kind: str = "files"
-    baselines: dict[str, Any] = field(default_factory=dict)
-    task_name = "VQA"  # in error messages of `resolve` (a class attribute, not a field)
-
-    @classmethod
-    def from_shapes(cls, setup) -> VQAData:
-        """train -> train; val and test -> evaluation; the world's tokenizer; baselines from `stats.json`."""
-        world = setup.world
-
-        def split(name: str, families: bool = False) -> VQASplit:
-            # question families only where accuracy is reported
-            scenes = world.scenes(name)
-            groups = None
-            if families and scenes.is_file():
-                groups = {int(q): f for image in json.loads(scenes.read_text())["images"]
-                          for q, f in zip(image["question_ids"], image["question_families"])}
-            return VQASplit(world.vqa_questions(name), world.vqa_annotations(name), world.image_dir(name),
-                            f"shapes_{name}_{{image_id:012d}}.png", groups)
-
-        stats = world.stats()["vqa"]
-        baselines = {s: _shapes_baselines(stats[s]) for s in ("val", "test") if stats.get(s, {}).get("num_questions")}
-        return cls([split("train")], {"val": split("val", True), "test": split("test", True)}, setup.tokenizer,
-                   None, "shapes", baselines)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], base_dir: str | Path = ".") -> VQAData:
-        """From `{"train": [split...], "eval": {name: split}, "tokenizer": dir?, "answer_vocab": file?}` where a
-        split is `{"questions", "annotations"?, "image_root", "image_name"?}`; relative paths are read from
-        `base_dir`."""
-        base = Path(base_dir)
-        allowed = {"train", "eval", "tokenizer", "answer_vocab"}
-        unknown = sorted(set(data) - allowed)
-        if unknown or "train" not in data or "eval" not in data:
-            raise ConfigError(f"VQA data description needs 'train' and 'eval' (optional 'tokenizer', "
-                              f"'answer_vocab'); got keys {sorted(data)}")
-
-        def path(p):
-            return None if p is None else base / Path(p).expanduser()
-
-        def split(d: Mapping[str, Any], where: str) -> VQASplit:
-            keys = {"questions", "annotations", "image_root", "image_name"}
-            if not isinstance(d, Mapping) or not {"questions", "image_root"} <= set(d) or set(d) - keys:
-                raise ConfigError(f"VQA data {where}: expected keys 'questions', 'image_root' (optional "
-                                  f"'annotations', 'image_name'), got {d!r}")
-            return VQASplit(path(d["questions"]), path(d.get("annotations")), path(d["image_root"]),
-                            d.get("image_name"))
-
-        train = data["train"] if isinstance(data["train"], list) else [data["train"]]
-        tokenizer = load_tokenizer(path(data["tokenizer"])) if data.get("tokenizer") else None
-        vocab = as_vocab(path(data["answer_vocab"]), "answer_vocab") if data.get("answer_vocab") else None
-        return cls([split(d, f"train[{i}]") for i, d in enumerate(train)],
-                   {name: split(d, f"eval[{name!r}]") for name, d in data["eval"].items()}, tokenizer, vocab)
-
-
-def _shapes_baselines(block: dict) -> dict[str, float]:
-    """Blind baselines of the shapes world (percent): the train-majority answer of each answer type, and of each
-    question type (`majority_baseline`)."""
-    out = {f"majority_{t}": 100 * v["majority_accuracy"] for t, v in block["by_answer_type"].items()}
-    counts = {t: v["count"] for t, v in block["by_answer_type"].items()}
-    out["majority_per_answer_type"] = sum(out[f"majority_{t}"] * n for t, n in counts.items()) / sum(counts.values())
-    out["majority_per_question_type"] = 100 * block["majority_baseline"]
-    return out
-
-
 class VQACollator:
     """VQADataset samples -> `Batch` with `answer_scores` [B, A] (when annotated) and `meta` (question_id,
     image_id, answer_type, question_type, answers)."""

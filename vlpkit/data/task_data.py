@@ -1,11 +1,12 @@
-"""Where a task's data is: the descriptions of VQA's and NLVR2's splits on disk, resolved from a shapes world,
-`"shapes"` (the default world), a dict or a YAML/JSON file (`TaskData.resolve`).
+"""Where a task's data is: the descriptions of each downstream task's splits on disk, resolved from a shapes
+world, `"shapes"` (the default world), a dict or a YAML/JSON file: VQA and NLVR2 (`TaskData.resolve`), captioning
+and retrieval (`caption_data`), detection (`detection_data`, `detection_split`).
 
     data = VQAData.resolve("vqa.yaml")      # {"train": [split...], "eval": {name: split}, "tokenizer"?, ...}
     data.eval["val"].dataset(answer_vocab)  # a VQADataset
 
 A description holds paths and names only; the readers (`vlpkit.data.readers`) read the files, and the task
-modules (`vlpkit.tasks.vqa`, `vlpkit.tasks.nlvr2`) train and score on them.
+modules (`vlpkit.tasks`) train and score on them.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from typing import Any, ClassVar
 
 from ..schema import ConfigError
 from ..yamlio import load_yaml_file
+from .readers.coco import CocoCaptions
+from .readers.karpathy import KarpathyDataset
 from .readers.nlvr2 import NLVR2Dataset
 from .readers.vqa import VQADataset
-from .tokenization import load_tokenizer
+from .tokenization import load_tokenizer, tokenizer_overrides
 from .vocab import Vocab, as_vocab
 
-__all__ = ["TaskData", "VQASplit", "VQAData", "NLVR2Split", "NLVR2Data", "is_shapes_setup", "resolve_shapes"]
+__all__ = ["TaskData", "VQASplit", "VQAData", "NLVR2Split", "NLVR2Data", "CaptionSplit", "CaptionData",
+           "caption_data", "DetectionSplit", "detection_data", "detection_split", "is_shapes_setup", "resolve_shapes"]
 
 
 def is_shapes_setup(obj: Any) -> bool:
@@ -245,3 +249,163 @@ class NLVR2Data(TaskData):
         tokenizer = load_tokenizer(base / Path(data["tokenizer"]).expanduser()) if data.get("tokenizer") else None
         return cls(split(data["train"], "train"), {n: split(d, f"eval[{n!r}]") for n, d in data["eval"].items()},
                    tokenizer)
+
+
+# ---- captioning and retrieval (COCO captions or a Karpathy file) ------------------------------------------
+@dataclass
+class CaptionSplit:
+    """One split: a COCO `captions_*.json` with its image folder, or a Karpathy `dataset_*.json` with the root its
+    `filepath`s are relative to and the Karpathy split names it covers (e.g. ("train", "restval"))."""
+
+    annotations: Path
+    image_root: Path
+    karpathy_splits: tuple[str, ...] | None = None
+
+    def reader(self, per: str = "image", transforms=None) -> CocoCaptions | KarpathyDataset:
+        """The official-format reader: `per="image"` (samples with "captions") or `"caption"` ("text")."""
+        if self.karpathy_splits is None:
+            return CocoCaptions(self.annotations, self.image_root, transforms=transforms, per=per)
+        return KarpathyDataset(self.annotations, self.image_root, split=self.karpathy_splits, per=per,
+                               transforms=transforms)
+
+
+@dataclass
+class CaptionData:
+    """A tokenizer, the splits by name, and the E2EVLPConfig fields a fresh model needs for this tokenizer."""
+
+    tokenizer: Any
+    splits: dict[str, CaptionSplit]
+    model_overrides: dict[str, Any]
+
+    def split(self, name: str) -> CaptionSplit:
+        if name not in self.splits:
+            raise KeyError(f"no split {name!r} in the caption data; available: {sorted(self.splits)}")
+        return self.splits[name]
+
+
+PATHS_HELP = """caption data paths (a dict, or a .json/.yaml file holding it), either COCO captions files:
+  {"tokenizer": DIR, "splits": {"train": {"captions": captions_train2014.json, "images": train2014/},
+                                "val": {...}, "test": {...}}}
+or one Karpathy file:
+  {"tokenizer": DIR, "karpathy": dataset_coco.json, "images": ROOT,
+   "splits": {"train": ["train", "restval"], "val": "val", "test": "test"}}   ("splits" optional, this default)
+Relative paths in a file are read from the file's folder; "tokenizer" may be left out when the checkpoint has one."""
+
+
+def caption_data(setup_or_paths, tokenizer=None) -> CaptionData:
+    """Resolve the data argument of `finetune_captioning` / `finetune_retrieval`.
+
+    Args:
+        setup_or_paths: a `ShapesSetup` (`vlpkit.pretraining.shapes.prepare_shapes`: its COCO
+            `captions_{split}.json` with `world.image_dir(split)`), a `CaptionData`, or the paths described in
+            `PATHS_HELP` (a dict or a JSON/YAML file).
+    """
+    if isinstance(setup_or_paths, CaptionData):
+        return setup_or_paths
+    if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "model_overrides"):  # ShapesSetup
+        world = setup_or_paths.world
+        splits = {s: CaptionSplit(world.captions(s), world.image_dir(s)) for s in ("train", "val", "test")}
+        return CaptionData(setup_or_paths.tokenizer, splits, setup_or_paths.model_overrides())
+    paths = setup_or_paths
+    source, base = "the caption data dict", Path(".")
+    if isinstance(paths, (str, Path)):
+        path = Path(paths)
+        if not path.is_file():
+            raise FileNotFoundError(f"caption data file not found: {path}\n{PATHS_HELP}")
+        # relative paths in a file are read from the file's folder, as for every task's data file
+        paths, source, base = load_yaml_file(path), str(path), path.parent  # YAML also reads JSON
+    if not isinstance(paths, Mapping):
+        raise TypeError(f"expected a ShapesSetup, CaptionData, dict or file for the caption data, got "
+                        f"{type(paths).__name__}\n{PATHS_HELP}")
+    if "tokenizer" not in paths and tokenizer is None:
+        raise ValueError(f"{source} lacks 'tokenizer', and no tokenizer is saved with the checkpoint\n{PATHS_HELP}")
+    def at(p) -> Path:
+        return base / Path(p).expanduser()
+
+    if "tokenizer" in paths:  # else the checkpoint's; a tokenizer may also be a Hugging Face name, not a path
+        tokenizer = load_tokenizer(at(paths["tokenizer"]) if at(paths["tokenizer"]).exists() else paths["tokenizer"])
+    splits: dict[str, CaptionSplit] = {}
+    if "karpathy" in paths:
+        if "images" not in paths:
+            raise ValueError(f"{source}: a Karpathy file needs 'images' (the root of its filepaths)\n{PATHS_HELP}")
+        spec = paths.get("splits", {"train": ["train", "restval"], "val": "val", "test": "test"})
+        for name, names in spec.items():
+            names = (names,) if isinstance(names, str) else tuple(names)
+            splits[name] = CaptionSplit(at(paths["karpathy"]), at(paths["images"]), names)
+    else:
+        if not isinstance(paths.get("splits"), Mapping) or not paths["splits"]:
+            raise ValueError(f"{source} needs 'splits' (or 'karpathy')\n{PATHS_HELP}")
+        for name, spec in paths["splits"].items():
+            if not isinstance(spec, Mapping) or not {"captions", "images"} <= set(spec):
+                raise ValueError(f"{source}: split {name!r} needs 'captions' and 'images', got {spec!r}\n{PATHS_HELP}")
+            splits[name] = CaptionSplit(at(spec["captions"]), at(spec["images"]))
+    return CaptionData(tokenizer, splits, tokenizer_overrides(tokenizer))
+
+
+# ---- detection (COCO instances, with the captions paired to each image) -----------------------------------
+@dataclass
+class DetectionSplit:
+    """The three official files of one COCO split: instances JSON, captions JSON, image folder."""
+
+    instances: Path
+    captions: Path
+    images: Path
+
+    def __post_init__(self) -> None:
+        self.instances, self.captions, self.images = Path(self.instances), Path(self.captions), Path(self.images)
+
+
+def detection_data(data: Any) -> Any:
+    """A YAML/JSON data file `{split: {"instances", "captions", "images"}, "tokenizer"?: ...}` -> that mapping, its
+    relative paths read from the file's folder (as every task reads its data file; a tokenizer that is no path
+    there stays a Hugging Face name). Anything else (a mapping, a COCO root folder, a shapes setup) unchanged."""
+    if not isinstance(data, (str, Path)) or not Path(data).is_file():
+        return data
+    path = Path(data)
+    spec = load_yaml_file(path)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of splits to {{instances, captions, images}} (and an "
+                          f"optional 'tokenizer'), got {type(spec).__name__}")
+
+    def at(value: Any) -> Any:
+        return str(path.parent / Path(value).expanduser()) if isinstance(value, str) else value
+
+    resolved = {name: {k: at(v) for k, v in entry.items()} if isinstance(entry, Mapping) else entry
+                for name, entry in spec.items()}
+    if isinstance(spec.get("tokenizer"), str) and Path(at(spec["tokenizer"])).exists():
+        resolved["tokenizer"] = at(spec["tokenizer"])
+    return resolved
+
+
+def detection_split(data: Any, split: str) -> DetectionSplit:
+    """The files of `split` from:
+
+    - a `ShapesSetup` or `ShapesWorld` (`world.instances(split)`, `world.captions(split)`, `world.image_dir(split)`);
+    - a mapping `{split: {"instances": ..., "captions": ..., "images": ...}}` (or of `DetectionSplit`s);
+    - a COCO root folder: `annotations/instances_<split><year>.json`, `annotations/captions_<split><year>.json`
+      and `<split><year>/`, year 2017 or 2014.
+    """
+    world = getattr(data, "world", data)
+    if hasattr(world, "instances") and hasattr(world, "image_dir"):
+        return DetectionSplit(world.instances(split), world.captions(split), world.image_dir(split))
+    if isinstance(data, Mapping):
+        if split not in data:
+            raise KeyError(f"no {split!r} split in the data mapping (keys: {sorted(data)})")
+        entry = data[split]
+        if isinstance(entry, DetectionSplit):
+            return entry
+        missing = [k for k in ("instances", "captions", "images") if k not in entry]
+        if missing:
+            raise KeyError(f"data[{split!r}] lacks {missing}; expected instances, captions and images paths")
+        return DetectionSplit(entry["instances"], entry["captions"], entry["images"])
+    if isinstance(data, (str, Path)):
+        root = Path(data)
+        tried = []
+        for year in ("2017", "2014"):
+            files = DetectionSplit(root / "annotations" / f"instances_{split}{year}.json",
+                                   root / "annotations" / f"captions_{split}{year}.json", root / f"{split}{year}")
+            if files.instances.is_file() and files.captions.is_file() and files.images.is_dir():
+                return files
+            tried.append(f"{files.instances}, {files.captions}, {files.images}/")
+        raise FileNotFoundError(f"no COCO {split!r} split under {root}; looked for: " + "; ".join(tried))
+    raise TypeError(f"data must be a ShapesSetup, a mapping of splits or a COCO root folder, got {type(data).__name__}")

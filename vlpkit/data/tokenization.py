@@ -28,6 +28,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "load_tokenizer",
     "save_tokenizer",
+    "tokenizer_overrides",
     "train_wordpiece",
 ]
 
@@ -193,3 +194,10 @@ def save_tokenizer(tokenizer: BertTokenizerFast, directory: str | os.PathLike) -
     tokenizer.save_pretrained(str(folder))
     _write_vocab_txt(tokenizer.get_vocab(), folder)
     return folder
+
+
+def tokenizer_overrides(tokenizer) -> dict[str, int]:
+    """E2EVLPConfig fields a fresh model needs to agree with `tokenizer` ([CLS] starts and [SEP] ends a text)."""
+    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
+                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)

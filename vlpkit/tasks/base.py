@@ -38,7 +38,7 @@ from ..checkpoint import (
 )
 from ..config import E2EVLPConfig
 from ..config_io import DictConfig
-from ..data.tokenization import load_tokenizer, save_tokenizer
+from ..data.tokenization import load_tokenizer, save_tokenizer, tokenizer_overrides  # noqa: F401  (public here too)
 from ..engine import TrainerConfig
 from ..model_folder import locate_pretrained
 from ..models import E2EVLP
@@ -216,13 +216,6 @@ def check_tokenizer(tokenizer, config: E2EVLPConfig) -> None:
     if problems:
         raise ValueError("the tokenizer does not match the model (use the tokenizer saved with the pretraining "
                          "checkpoint): " + "; ".join(problems))
-
-
-def tokenizer_overrides(tokenizer) -> dict[str, int]:
-    """E2EVLPConfig fields a fresh model needs to agree with `tokenizer` ([CLS] starts and [SEP] ends a text)."""
-    return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
-                sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
-                bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
 
 
 def fresh_overrides(data: Any, tokenizer) -> dict[str, Any]:

@@ -11,8 +11,8 @@ therefore adds **no parameter**: `CaptionModel.head` is an `nn.Identity`.
   are PTB-tokenised (Stanford PTBTokenizer when Java is present, its documented pure-python stand-in otherwise);
   results in the COCO caption results format `[{"image_id", "caption"}]`.
 
-This module also holds what the retrieval task shares with it: where a split's images and captions are
-(`CaptionData`, `caption_data`).
+Where a split's images and captions are (`CaptionData`, `caption_data`, shared with retrieval) is described in
+`vlpkit.data.task_data`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.raw_images import as_image_list, prepare_images
-from ..data.readers import CocoCaptions, KarpathyDataset
+from ..data.task_data import PATHS_HELP, CaptionData, CaptionSplit, caption_data  # noqa: F401  (public here too)
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH, load_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import TrainerConfig
@@ -46,7 +46,6 @@ from ..metrics.captioning import (
 from ..models import E2EVLP
 from ..ops.distributed import gather_shards, reduce_counts, shard_range
 from ..outputs import GenerationOutput
-from ..yamlio import load_yaml_file
 from .base import (  # noqa: F401  (BACKBONE_PREFIX: public here too)
     BACKBONE_PREFIX,
     TaskConfig,
@@ -124,99 +123,6 @@ class CaptioningConfig(TaskConfig):
             problems.append(f"eval_batch_size={self.eval_batch_size} (expected >= 1)")
         if problems:
             raise ValueError("invalid CaptioningConfig: " + "; ".join(problems))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Data: where each split's images and captions are (shared with vlpkit.tasks.retrieval)
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class CaptionSplit:
-    """One split: a COCO `captions_*.json` with its image folder, or a Karpathy `dataset_*.json` with the root its
-    `filepath`s are relative to and the Karpathy split names it covers (e.g. ("train", "restval"))."""
-
-    annotations: Path
-    image_root: Path
-    karpathy_splits: tuple[str, ...] | None = None
-
-    def reader(self, per: str = "image", transforms=None) -> CocoCaptions | KarpathyDataset:
-        """The official-format reader: `per="image"` (samples with "captions") or `"caption"` ("text")."""
-        if self.karpathy_splits is None:
-            return CocoCaptions(self.annotations, self.image_root, transforms=transforms, per=per)
-        return KarpathyDataset(self.annotations, self.image_root, split=self.karpathy_splits, per=per,
-                               transforms=transforms)
-
-
-@dataclass
-class CaptionData:
-    """A tokenizer, the splits by name, and the E2EVLPConfig fields a fresh model needs for this tokenizer."""
-
-    tokenizer: Any
-    splits: dict[str, CaptionSplit]
-    model_overrides: dict[str, Any]
-
-    def split(self, name: str) -> CaptionSplit:
-        if name not in self.splits:
-            raise KeyError(f"no split {name!r} in the caption data; available: {sorted(self.splits)}")
-        return self.splits[name]
-
-
-PATHS_HELP = """caption data paths (a dict, or a .json/.yaml file holding it), either COCO captions files:
-  {"tokenizer": DIR, "splits": {"train": {"captions": captions_train2014.json, "images": train2014/},
-                                "val": {...}, "test": {...}}}
-or one Karpathy file:
-  {"tokenizer": DIR, "karpathy": dataset_coco.json, "images": ROOT,
-   "splits": {"train": ["train", "restval"], "val": "val", "test": "test"}}   ("splits" optional, this default)
-Relative paths in a file are read from the file's folder; "tokenizer" may be left out when the checkpoint has one."""
-
-
-def caption_data(setup_or_paths, tokenizer=None) -> CaptionData:
-    """Resolve the data argument of `finetune_captioning` / `finetune_retrieval`.
-
-    Args:
-        setup_or_paths: a `ShapesSetup` (`vlpkit.pretraining.shapes.prepare_shapes`: its COCO
-            `captions_{split}.json` with `world.image_dir(split)`), a `CaptionData`, or the paths described in
-            `PATHS_HELP` (a dict or a JSON/YAML file).
-    """
-    if isinstance(setup_or_paths, CaptionData):
-        return setup_or_paths
-    if hasattr(setup_or_paths, "world") and hasattr(setup_or_paths, "model_overrides"):  # ShapesSetup
-        world = setup_or_paths.world
-        splits = {s: CaptionSplit(world.captions(s), world.image_dir(s)) for s in ("train", "val", "test")}
-        return CaptionData(setup_or_paths.tokenizer, splits, setup_or_paths.model_overrides())
-    paths = setup_or_paths
-    source, base = "the caption data dict", Path(".")
-    if isinstance(paths, (str, Path)):
-        path = Path(paths)
-        if not path.is_file():
-            raise FileNotFoundError(f"caption data file not found: {path}\n{PATHS_HELP}")
-        # relative paths in a file are read from the file's folder, as for every task's data file
-        paths, source, base = load_yaml_file(path), str(path), path.parent  # YAML also reads JSON
-    if not isinstance(paths, Mapping):
-        raise TypeError(f"expected a ShapesSetup, CaptionData, dict or file for the caption data, got "
-                        f"{type(paths).__name__}\n{PATHS_HELP}")
-    if "tokenizer" not in paths and tokenizer is None:
-        raise ValueError(f"{source} lacks 'tokenizer', and no tokenizer is saved with the checkpoint\n{PATHS_HELP}")
-    def at(p) -> Path:
-        return base / Path(p).expanduser()
-
-    if "tokenizer" in paths:  # else the checkpoint's; a tokenizer may also be a Hugging Face name, not a path
-        tokenizer = load_tokenizer(at(paths["tokenizer"]) if at(paths["tokenizer"]).exists() else paths["tokenizer"])
-    splits: dict[str, CaptionSplit] = {}
-    if "karpathy" in paths:
-        if "images" not in paths:
-            raise ValueError(f"{source}: a Karpathy file needs 'images' (the root of its filepaths)\n{PATHS_HELP}")
-        spec = paths.get("splits", {"train": ["train", "restval"], "val": "val", "test": "test"})
-        for name, names in spec.items():
-            names = (names,) if isinstance(names, str) else tuple(names)
-            splits[name] = CaptionSplit(at(paths["karpathy"]), at(paths["images"]), names)
-    else:
-        if not isinstance(paths.get("splits"), Mapping) or not paths["splits"]:
-            raise ValueError(f"{source} needs 'splits' (or 'karpathy')\n{PATHS_HELP}")
-        for name, spec in paths["splits"].items():
-            if not isinstance(spec, Mapping) or not {"captions", "images"} <= set(spec):
-                raise ValueError(f"{source}: split {name!r} needs 'captions' and 'images', got {spec!r}\n{PATHS_HELP}")
-            splits[name] = CaptionSplit(at(spec["captions"]), at(spec["images"]))
-    return CaptionData(tokenizer, splits, tokenizer_overrides(tokenizer))
 
 
 def load_task_e2evlp(checkpoint, data: CaptionData, preset: str = "e2evlp-tiny") -> E2EVLP:

@@ -35,9 +35,9 @@ from torch.utils.data import Dataset
 
 from ..builder import build_e2evlp
 from ..checkpoint import atomic_write
-from ..config import ConfigError
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.readers.coco import CocoWithCaptions
+from ..data.task_data import DetectionSplit, detection_data, detection_split
 from ..data.tokenization import load_tokenizer, save_tokenizer
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import TrainerConfig
@@ -47,7 +47,6 @@ from ..model_folder import load_labels, locate_pretrained, save_labels, save_pre
 from ..models import E2EVLP
 from ..ops import HungarianMatcher, gather_shards, postprocess_detections, shard_range
 from ..outputs import DetectionOutput, EncoderOutput
-from ..yamlio import load_yaml_file
 from .base import (
     TaskConfig,
     TaskModel,
@@ -218,74 +217,6 @@ class DetectionModel(TaskModel):
 
 
 # ---- data ------------------------------------------------------------------------------------------------
-@dataclass
-class DetectionSplit:
-    """The three official files of one COCO split: instances JSON, captions JSON, image folder."""
-
-    instances: Path
-    captions: Path
-    images: Path
-
-    def __post_init__(self) -> None:
-        self.instances, self.captions, self.images = Path(self.instances), Path(self.captions), Path(self.images)
-
-
-def detection_data(data: Any) -> Any:
-    """A YAML/JSON data file `{split: {"instances", "captions", "images"}, "tokenizer"?: ...}` -> that mapping, its
-    relative paths read from the file's folder (as every task reads its data file; a tokenizer that is no path
-    there stays a Hugging Face name). Anything else (a mapping, a COCO root folder, a shapes setup) unchanged."""
-    if not isinstance(data, (str, Path)) or not Path(data).is_file():
-        return data
-    path = Path(data)
-    spec = load_yaml_file(path)
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of splits to {{instances, captions, images}} (and an "
-                          f"optional 'tokenizer'), got {type(spec).__name__}")
-
-    def at(value: Any) -> Any:
-        return str(path.parent / Path(value).expanduser()) if isinstance(value, str) else value
-
-    resolved = {name: {k: at(v) for k, v in entry.items()} if isinstance(entry, Mapping) else entry
-                for name, entry in spec.items()}
-    if isinstance(spec.get("tokenizer"), str) and Path(at(spec["tokenizer"])).exists():
-        resolved["tokenizer"] = at(spec["tokenizer"])
-    return resolved
-
-
-def detection_split(data: Any, split: str) -> DetectionSplit:
-    """The files of `split` from:
-
-    - a `ShapesSetup` or `ShapesWorld` (`world.instances(split)`, `world.captions(split)`, `world.image_dir(split)`);
-    - a mapping `{split: {"instances": ..., "captions": ..., "images": ...}}` (or of `DetectionSplit`s);
-    - a COCO root folder: `annotations/instances_<split><year>.json`, `annotations/captions_<split><year>.json`
-      and `<split><year>/`, year 2017 or 2014.
-    """
-    world = getattr(data, "world", data)
-    if hasattr(world, "instances") and hasattr(world, "image_dir"):
-        return DetectionSplit(world.instances(split), world.captions(split), world.image_dir(split))
-    if isinstance(data, Mapping):
-        if split not in data:
-            raise KeyError(f"no {split!r} split in the data mapping (keys: {sorted(data)})")
-        entry = data[split]
-        if isinstance(entry, DetectionSplit):
-            return entry
-        missing = [k for k in ("instances", "captions", "images") if k not in entry]
-        if missing:
-            raise KeyError(f"data[{split!r}] lacks {missing}; expected instances, captions and images paths")
-        return DetectionSplit(entry["instances"], entry["captions"], entry["images"])
-    if isinstance(data, (str, Path)):
-        root = Path(data)
-        tried = []
-        for year in ("2017", "2014"):
-            files = DetectionSplit(root / "annotations" / f"instances_{split}{year}.json",
-                                   root / "annotations" / f"captions_{split}{year}.json", root / f"{split}{year}")
-            if files.instances.is_file() and files.captions.is_file() and files.images.is_dir():
-                return files
-            tried.append(f"{files.instances}, {files.captions}, {files.images}/")
-        raise FileNotFoundError(f"no COCO {split!r} split under {root}; looked for: " + "; ".join(tried))
-    raise TypeError(f"data must be a ShapesSetup, a mapping of splits or a COCO root folder, got {type(data).__name__}")
-
-
 def _seed(*parts: int) -> int:
     """A 63-bit seed from integers (numpy's SeedSequence, as the engine's loader does)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)

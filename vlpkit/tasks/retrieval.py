@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from ..data.batch import Batch, collate_images, collate_texts
 from ..data.masking import normalise_caption
 from ..data.raw_images import as_image_list, prepare_images
+from ..data.task_data import CaptionData, caption_data
 from ..data.tokenization import DEFAULT_MAX_TEXT_LENGTH
 from ..data.transforms import make_eval_transforms, make_train_transforms
 from ..engine import TrainerConfig
@@ -54,13 +55,7 @@ from .base import (
     load_finetuned,
     task_trainer,
 )
-from .captioning import (
-    DETR_TRAIN_SCALES,
-    CaptionData,
-    caption_data,
-    load_task_e2evlp,
-    split_scorers,
-)
+from .captioning import DETR_TRAIN_SCALES, load_task_e2evlp, split_scorers
 from .finetuning import FinetuneResult, run_finetune
 from .registry import Task, register_task
 
@@ -631,7 +626,7 @@ def finetune_retrieval(checkpoint, setup_or_paths, output_dir: str | Path,
     Args:
         checkpoint: a pretraining folder (`E2EVLP.save_pretrained`) or run folder, an E2EVLP, or None (a fresh
             e2evlp-tiny sized for the data's tokenizer).
-        setup_or_paths: see `vlpkit.tasks.captioning.caption_data` (the same images-with-captions files).
+        setup_or_paths: see `vlpkit.data.task_data.caption_data` (the same images-with-captions files).
         output_dir: receives the trainer's checkpoints and log, `model/` (with its tokenizer and recipe),
             the official results files of val and test (`retrieval_<split>_results.json`) and `metrics.json`.
         config: a RetrievalConfig or a dict of its fields. trainer_overrides: TrainerConfig fields.

@@ -14,9 +14,11 @@ from torchvision.transforms.v2 import functional as F
 
 from vlpkit import build_e2evlp
 from vlpkit.data import collate_images, collate_texts, make_eval_transforms, save_tokenizer
+from vlpkit.data.vocab import Vocab
 from vlpkit.inference import E2EVLPPredictor, load_labels, locate_pretrained, save_labels
 from vlpkit.outputs import DetectionOutput
 from vlpkit.pretraining.shapes import prepare_shapes
+from vlpkit.tasks.vqa import VQAModel
 
 SIZE, MAX_SIZE = 64, 96
 
@@ -157,23 +159,10 @@ def test_any_pil_mode_is_read_as_rgb(predictor, images):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
 
 
-class _DuckVQA(nn.Module):
-    """What `answer` relies on: `.e2evlp`, `forward(batch) -> [B, A]` logits and `.answer_vocab`."""
-
-    def __init__(self, e2evlp, answers):
-        super().__init__()
-        self.e2evlp = e2evlp
-        self.head = nn.Linear(e2evlp.config.d_model, len(answers))
-        self.answer_vocab = answers
-
-    def forward(self, batch):
-        return self.head(self.e2evlp.encode(batch.pixel_values, batch.pixel_mask, batch.input_ids,
-                                            batch.attention_mask, batch.token_type_ids).cls_state)
-
-
 def test_answer_uses_the_vqa_head(setup, model, images):
-    vqa = _DuckVQA(model, ["yes", "no", "red", "two"])
+    vqa = VQAModel(model, Vocab(["yes", "no", "red", "two"]), eval_size=SIZE + 32)  # no tokenizer, other size
     predictor = E2EVLPPredictor(model, setup.tokenizer, None, None, SIZE, MAX_SIZE, vqa_model=vqa)
+    assert (vqa.eval_size, vqa.max_size) == (SIZE, MAX_SIZE) and vqa.tokenizer is setup.tokenizer
     questions = ["is there a circle?", "what color is the star?", "how many squares?"]
     answers, probs = predictor.answer(images, questions, return_scores=True)
     pixel_values, pixel_mask = _pixels(images)
@@ -182,6 +171,11 @@ def test_answer_uses_the_vqa_head(setup, model, images):
         logits = vqa.head(model.encode(pixel_values, pixel_mask, ids, mask, types).cls_state)
     assert answers == [vqa.answer_vocab[k] for k in logits.argmax(-1).tolist()]
     assert torch.allclose(probs, logits.sigmoid().max(-1).values, atol=1e-5)
+    assert predictor.answer_names == ["yes", "no", "red", "two"]
+    with pytest.raises(TypeError, match="vqa_model must be a vlpkit.tasks.vqa.VQAModel, got Linear"):
+        E2EVLPPredictor(model, setup.tokenizer, vqa_model=nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"answer_names \(2\) differ from the VQA model's answer vocabulary \(4"):
+        E2EVLPPredictor(model, setup.tokenizer, vqa_model=vqa, answer_names=["yes", "no"])
 
 
 def test_pretraining_run_folder_round_trip(setup, model, predictor, images, tmp_path):

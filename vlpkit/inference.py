@@ -27,7 +27,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from .checkpoint import WEIGHTS_NAME, read_metadata
-from .data.batch import Batch, collate_texts
+from .data.batch import collate_texts
 from .data.raw_images import PreparedImages, as_image_list, prepare_images
 from .data.tokenization import load_tokenizer, save_tokenizer
 from .data.transforms import make_eval_transforms
@@ -88,9 +88,10 @@ class E2EVLPPredictor:
         eval_size / max_size: the evaluation transform (shorter side, cap on the longer side); use the sizes
             the model was trained at.
         batch_size: images (or image-text pairs for `match`) per forward pass.
-        vqa_model: a VQA task model (`vlpkit.tasks.vqa.VQAModel`) whose `e2evlp` is `model`; enables `answer`.
-            Duck-typed: `vqa_model(batch)` returns answer logits [B, A] (or a dict with "logits").
-        answer_names: the A answers of `vqa_model` (default: its `answer_vocab` / `answers` attribute).
+        vqa_model: a VQA task model (`vlpkit.tasks.vqa.VQAModel`) whose `e2evlp` is `model`; enables `answer`,
+            which it serves (at the predictor's image sizes; its tokenizer, when it has none, is the predictor's).
+        answer_names: the answers to record in `labels.json` (default and, with `vqa_model`, necessarily: its
+            `answer_vocab`).
     """
 
     def __init__(self, model: E2EVLP, tokenizer, object_names: Sequence[str] | None = None,
@@ -112,9 +113,21 @@ class E2EVLPPredictor:
             logger.warning("E2EVLPPredictor: no object names given; detections are labelled by class index")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if vqa_model is not None and getattr(vqa_model, "e2evlp", model) is not model:
-            raise ValueError("vqa_model.e2evlp must be the predictor's model (build the predictor with "
-                             "model=vqa_model.e2evlp)")
+        if vqa_model is not None:
+            from .tasks.vqa import VQAModel  # the task layer, imported only when a VQA model is given
+
+            if not isinstance(vqa_model, VQAModel):
+                raise TypeError(f"vqa_model must be a vlpkit.tasks.vqa.VQAModel, got {type(vqa_model).__name__}")
+            if vqa_model.e2evlp is not model:
+                raise ValueError("vqa_model.e2evlp must be the predictor's model (build the predictor with "
+                                 "model=vqa_model.e2evlp)")
+            if answer_names is not None and list(answer_names) != list(vqa_model.answer_vocab):
+                raise ValueError(f"answer_names ({len(answer_names)}) differ from the VQA model's answer vocabulary "
+                                 f"({len(vqa_model.answer_vocab)} answers); leave answer_names out")
+            answer_names = vqa_model.answer_vocab
+            vqa_model.set_image_size(eval_size, max_size)
+            if vqa_model.tokenizer is None:
+                vqa_model.tokenizer = tokenizer
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.object_names = list(object_names) if object_names is not None else None
@@ -123,8 +136,6 @@ class E2EVLPPredictor:
         self.transforms = make_eval_transforms(self.eval_size, self.max_size)
         self.batch_size = batch_size
         self.vqa_model = vqa_model.eval() if vqa_model is not None else None
-        if answer_names is None and vqa_model is not None:
-            answer_names = getattr(vqa_model, "answer_vocab", None) or getattr(vqa_model, "answers", None)
         self.answer_names = list(answer_names) if answer_names is not None else None
         self.task_model = vqa_model  # the task model the weights came from, if any (set by from_pretrained)
 
@@ -165,7 +176,7 @@ class E2EVLPPredictor:
         predictor = cls(model, tokenizer, (labels.objects or None) if labels else None,
                         labels.attributes if labels else None, eval_size or size, max_size or cap, batch_size,
                         vqa_model=task_model if task == "VQAModel" else None,
-                        answer_names=labels.answers if labels else None)
+                        answer_names=labels.answers if labels and task != "VQAModel" else None)
         predictor.task_model = task_model
         return predictor.to(device) if device is not None else predictor
 
@@ -311,38 +322,23 @@ class E2EVLPPredictor:
 
     @torch.inference_mode()
     def answer(self, images: Any, questions: str | Sequence[str], return_scores: bool = False):
-        """Answer one question per image with the VQA head (the most probable answer of its vocabulary).
+        """Answer one question per image with the VQA model's best answer: `VQAModel.answer`, at the predictor's
+        image sizes and batch size.
 
         Needs a VQA fine-tuned model: `E2EVLPPredictor.from_pretrained(<folder written by the VQA fine-tuning>)`,
-        or `vqa_model=` and `answer_names=` in the constructor.
+        or `vqa_model=` in the constructor.
         Returns:
-            one answer per image, or (answers, probabilities [N]) with `return_scores=True`.
+            one answer per image, or (answers, sigmoid scores [N]) with `return_scores=True`.
         """
         if self.vqa_model is None:
             raise RuntimeError("answer() needs a VQA fine-tuned model, and this predictor has none: load a VQA "
                                "task folder (vlpkit.tasks.vqa, e.g. `vlpkit finetune vqa` output) "
-                               "with E2EVLPPredictor.from_pretrained, or pass vqa_model=VQAModel and answer_names=")
-        if self.answer_names is None:
-            raise RuntimeError("answer() needs the answer vocabulary: pass answer_names=, or give the VQA model an "
-                               "answer_vocab attribute, or list them under \"answers\" in labels.json")
+                               "with E2EVLPPredictor.from_pretrained, or pass vqa_model=VQAModel")
         items = as_image_list(images)
         questions = self._texts(questions, len(items), "answer(questions=...)")
-        answers, probs = [], []
-        for start, chunk in self._chunks(items):
-            prepared = self.preprocess(chunk, start)
-            ids, mask, types = self._encode_texts(questions[start:start + len(chunk)])
-            batch = Batch(pixel_values=prepared.pixel_values, pixel_mask=prepared.pixel_mask, input_ids=ids,
-                          attention_mask=mask, token_type_ids=types, targets=[{} for _ in chunk])
-            out = self.vqa_model(batch)
-            logits = out["logits"] if isinstance(out, dict) else out
-            if logits.shape != (len(chunk), len(self.answer_names)):
-                raise ValueError(f"the VQA model returned logits of shape {tuple(logits.shape)}, expected "
-                                 f"[{len(chunk)}, {len(self.answer_names)}] (images, answers)")
-            # VQA heads are trained with binary cross-entropy on soft scores: sigmoid gives each answer's score
-            p, k = logits.float().sigmoid().max(-1)
-            answers += [self.answer_names[i] for i in k.tolist()]
-            probs.append(p.cpu())
-        return (answers, torch.cat(probs)) if return_scores else answers
+        predictions = self.vqa_model.answer(items, questions, batch_size=self.batch_size)
+        answers = [p.answer for p in predictions]
+        return (answers, torch.tensor([p.score for p in predictions])) if return_scores else answers
 
 
 #: Short alias.

@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="NLVR2 sets of 8 images in the generated world (default: shapes-images // 16); 1000 "
                           "gives 6,400 training statements, which NLVR2 needs to rise above chance")
     fin.add_argument("--output", required=True, help="output folder (model, metrics, results files)")
-    fin.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE|trainer.KEY=VALUE")
+    fin.add_argument("--set", action="append", default=[], metavar="task.KEY=VALUE|trainer.KEY=VALUE",
+                     help="change the task recipe (task.train_scales=[128]) or its trainer for this run "
+                          "(trainer.lr=1e-4, trainer.max_steps=3000)")
     fin.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     fin.set_defaults(func=_finetune)
     ev = sub.add_parser("evaluate", help="evaluate a fine-tuned task model on one split with the official metric")

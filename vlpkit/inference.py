@@ -7,8 +7,9 @@ label names, and offers one method per use:
     >>> predictor.match(images, texts)               # [N_img, N_txt] probability that text j describes image i
     >>> predictor.answer(images, questions)          # needs a VQA fine-tuned folder
 
-`images` is one image or a list of them: PIL images of any mode (converted to RGB) or uint8 tensors [C, H, W]
-(C = 3, 1 or 4), or a uint8 tensor [N, 3, H, W]. Every method returns one entry per image, in order.
+`images` is one image or a list of them: PIL images of any mode (converted to RGB), uint8 tensors [C, H, W]
+(C = 3, 1 or 4) or float tensors in [0, 1], or a batch tensor [N, 3, H, W] (`vlpkit.data.raw_images`). Every
+method returns one entry per image, in order.
 
 A predictor folder is what `vlpkit pretrain` writes (a *run* folder) or a model folder; `vlpkit.model_folder`
 describes the layout and holds its readers and writers (re-exported here).
